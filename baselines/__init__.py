@@ -1,0 +1,1 @@
+"""Bundled baselines, one plugin per folder: hashbench.baselines.<name>."""

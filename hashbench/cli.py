@@ -1,0 +1,267 @@
+"""The ``hashbench`` command: run, table, evaluate, list.
+
+Bad input (an unknown name, a wrong bit count, a malformed file) prints one line
+``hashbench: ...`` and exits with code 2; a grid with failed runs exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import (
+    DEFAULT_BITS, DEFAULT_DATASET, DEFAULT_RESULTS_DIR, DEFAULT_SEEDS, Experiment,
+    load_experiment_file, parse_list, parse_set,
+)
+from .errors import HashbenchError
+from .registry import HOOKS, PLURAL, normalize_kind, registry
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line and exit with code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise HashbenchError(f"{self.prog}: {message}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"hashbench: warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- run
+
+def suitable_methods(datasets: Sequence[str]) -> list[str]:
+    """Every registered method whose input every one of ``datasets`` provides."""
+    provided = [set(registry("dataset").get(d).provides) for d in datasets]
+    return [
+        entry.name for entry in registry("method").entries()
+        if all(getattr(entry.cls, "input", "features") in p for p in provided)
+    ]
+
+
+def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, Any]]:
+    """Merge the experiment file (if any) with the CLI flags; the flags win."""
+    spec = load_experiment_file(args.config) if args.config else {}
+    if args.methods is not None:
+        spec["methods"] = parse_list(args.methods, "methods")
+    if args.datasets is not None:
+        spec["datasets"] = parse_list(args.datasets, "datasets")
+    if args.bits is not None:
+        spec["bits"] = parse_list(args.bits, "bits", int)
+    if args.seeds is not None:
+        spec["seeds"] = parse_list(args.seeds, "seeds", int)
+    overrides = dict(spec.get("set", {}))
+    overrides.update(parse_set(args.set or []))
+    datasets = spec.get("datasets") or [DEFAULT_DATASET]
+    for name in datasets:
+        registry("dataset").get(name)  # unknown dataset: one-line error before anything runs
+    methods = spec.get("methods") or suitable_methods(datasets)
+    experiment = Experiment(
+        methods=methods,
+        datasets=datasets,
+        bits=spec.get("bits") or list(DEFAULT_BITS),
+        seeds=spec.get("seeds") if spec.get("seeds") is not None else list(DEFAULT_SEEDS),
+        overrides=overrides,
+    )
+    settings = {
+        "executor": args.executor or spec.get("executor") or "local",
+        "results_dir": args.results_dir or spec.get("results_dir") or DEFAULT_RESULTS_DIR,
+    }
+    return experiment, settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_grid
+    from .store import RunStore
+    from .tables import write_tables
+
+    experiment, settings = build_experiment(args)
+    configs = experiment.grid()
+    registry("executor").get(settings["executor"])
+    results_dir = Path(settings["results_dir"])
+    print(
+        f"hashbench: {len(configs)} runs ({len(experiment.methods)} methods x {len(experiment.datasets)} "
+        f"datasets x {len(experiment.bits)} bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
+        file=sys.stderr,
+    )
+    summaries = run_grid(configs, results_dir, settings["executor"], force=args.force,
+                         progress=not args.no_progress)
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    print("hashbench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
+    for s in summaries:
+        if s["status"] == "failed":
+            print(f"hashbench: failed {s['run_id']}: {s['error']}", file=sys.stderr)
+    if not args.no_table:
+        markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables")
+        print(markdown)
+        print(f"hashbench: tables written to {paths[0].parent}", file=sys.stderr)
+    return 1 if counts.get("failed") else 0
+
+
+# ----------------------------------------------------------------------------- table
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .store import RunStore
+    from .tables import write_tables
+
+    results_dir = Path(args.results_dir)
+    formats = parse_list(args.format, "format")
+    markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables", args.metric, formats)
+    print(markdown)
+    print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def _load_npy(path: str, what: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise HashbenchError(f"--{what}: no such file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise HashbenchError(f"--{what}: cannot read {path} as .npy ({exc})") from None
+
+
+def load_codes(path: str, bits: int | None, what: str):
+    """Codes from .npy: (N, bits) {0,1}/{-1,+1}/real, or packed uint8 (N, ceil(bits/8)) with ``bits``.
+
+    Returns (packed uint8 codes, bits).
+    """
+    import numpy as np
+
+    from .components import check_bits
+    from .evaluate import pack_codes
+
+    codes = _load_npy(path, what)
+    if codes.ndim != 2:
+        raise HashbenchError(f"--{what}: expected a 2-D array (items x bits), got shape {codes.shape}")
+    if bits is not None:
+        bits = check_bits(bits)
+        packed_width = (bits + 7) // 8
+        if codes.dtype == np.uint8 and codes.shape[1] == packed_width and not (
+            packed_width == bits and set(np.unique(codes).tolist()) <= {0, 1}
+        ):
+            return codes, bits
+        if codes.shape[1] != bits:
+            raise HashbenchError(
+                f"--{what}: {codes.shape[1]} columns fit neither {bits} bits nor {packed_width} packed bytes"
+            )
+    else:
+        bits = check_bits(codes.shape[1])
+    return pack_codes(codes), bits
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    query, bits = load_codes(args.query_codes, args.bits, "query-codes")
+    database, db_bits = load_codes(args.db_codes, args.bits if args.bits is not None else bits, "db-codes")
+    if db_bits != bits:
+        raise HashbenchError(f"query codes have {bits} bits but database codes have {db_bits}")
+    result = evaluate(
+        query, database,
+        _load_npy(args.query_labels, "query-labels"), _load_npy(args.db_labels, "db-labels"),
+        bits=bits, topk=args.topk,
+    )
+    if args.format == "json":
+        print(json.dumps(result, indent=1))
+    else:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            if isinstance(value, (int, float)):
+                print(f"{key:<{width}}  {value:.6f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- list
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kinds = [normalize_kind(args.kind)] if args.kind else list(HOOKS)
+    for kind in kinds:
+        entries = registry(kind).entries(args.pattern)
+        if len(kinds) > 1:
+            print(f"{PLURAL[kind]}:")
+        if not entries:
+            print("  (none)" if len(kinds) > 1 else f"no {PLURAL[kind]} registered")
+            continue
+        name_w = max(len(e.name) for e in entries)
+        plugin_w = max(len(e.plugin) for e in entries)
+        indent = "  " if len(kinds) > 1 else ""
+        for e in entries:
+            print(f"{indent}{e.name:<{name_w}}  {e.plugin:<{plugin_w}}  {e.summary}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hashbench", description="Benchmark suite for learning to hash.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hashbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a grid of methods x datasets x bits x seeds")
+    run.add_argument("-c", "--config", help="YAML experiment file (CLI flags override it)")
+    run.add_argument("--methods", help="comma-separated method names (default: every method that suits the datasets)")
+    run.add_argument("--datasets", help=f"comma-separated dataset names (default: {DEFAULT_DATASET})")
+    run.add_argument("--bits", help="comma-separated code lengths (default: %s)" % ",".join(map(str, DEFAULT_BITS)))
+    run.add_argument("--seeds", help="comma-separated seeds (default: %s)" % ",".join(map(str, DEFAULT_SEEDS)))
+    run.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE",
+                     help="override a method or dataset parameter, e.g. itq.iterations=100 (repeatable)")
+    run.add_argument("--executor", help="executor name (default: local)")
+    run.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
+    run.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-table", action="store_true", help="do not rewrite the tables afterwards")
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="aggregate run records into comparison tables")
+    table.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
+    table.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    table.add_argument("--format", default="md,csv,latex", help="comma-separated: md, csv, latex")
+    table.set_defaults(func=cmd_table)
+
+    ev = sub.add_parser("evaluate", help="score codes made anywhere")
+    ev.add_argument("--query-codes", required=True)
+    ev.add_argument("--db-codes", required=True)
+    ev.add_argument("--query-labels", required=True)
+    ev.add_argument("--db-labels", required=True)
+    ev.add_argument("--bits", type=int, help="code length; needed for packed uint8 codes")
+    ev.add_argument("--topk", type=int, help="K of mAP@K (default: the whole database)")
+    ev.add_argument("--format", choices=("json", "table"), default="json")
+    ev.set_defaults(func=cmd_evaluate)
+
+    lst = sub.add_parser("list", help="list registered components")
+    lst.add_argument("kind", nargs="?", help="methods, datasets, backbones, sorters, losses, executors")
+    lst.add_argument("--pattern", default="*", help="fnmatch pattern on names, e.g. '*h'")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except HashbenchError as exc:
+        print(f"hashbench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hashbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

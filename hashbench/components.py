@@ -1,0 +1,223 @@
+"""Base classes of the pluggable components and the data they exchange.
+
+Data flows one way: a :class:`Protocol` loads :class:`Splits`; a :class:`HashMethod` fits on the
+train split and encodes the query and database splits to bool codes; the evaluator scores them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import HashbenchError, SplitLeakError
+
+MAX_BITS = 1024
+
+
+def check_bits(bits: Any) -> int:
+    """Return ``bits`` as an int in [1, MAX_BITS] or raise a one-line error."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise HashbenchError(f"bits must be a whole number, got {bits!r}")
+    if not 1 <= bits <= MAX_BITS:
+        raise HashbenchError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
+    return int(bits)
+
+
+def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits a simple field annotation; returns (ok, converted value)."""
+    if annotation is Any:
+        return True, value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(annotation):
+            ok, converted = _accepts(arm, value)
+            if ok:
+                return True, converted
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            return True, tuple(value) if origin is tuple else list(value)
+        return False, value
+    return True, value  # annotations we do not check
+
+
+def build_config(config_cls: type, params: dict[str, Any], owner: str) -> Any:
+    """Build ``config_cls(**params)``, with one-line errors for unknown keys and wrong types.
+
+    ``owner`` names the component in messages, e.g. ``"method itq"``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    checked = {}
+    for key, value in params.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            known = ", ".join(fields) or "none"
+            raise HashbenchError(f"{owner} has no parameter '{key}'.{hint} (parameters: {known})")
+        ok, converted = _accepts(hints.get(key, Any), value)
+        if not ok:
+            raise HashbenchError(
+                f"{owner}: parameter '{key}' expects {_type_name(hints[key])}, got {value!r}"
+            )
+        checked[key] = converted
+    return config_cls(**checked)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+class Component:
+    """A registered component: ``name``, ``summary`` and a ``Config`` dataclass of parameters."""
+
+    kind: ClassVar[str] = "component"
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, **params: Any) -> None:
+        self.config = build_config(self.Config, params, f"{self.kind} {self.name}")
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """The parameters with their defaults, as a plain dict."""
+        return dataclasses.asdict(cls.Config())
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a protocol.
+
+    x: items, e.g. float features (N, D); labels: int class ids (N,) or multi-hot {0,1} (N, C);
+    index: int64 (N,) ids of the items in the protocol's source collection, used to check
+    that splits are disjoint.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.index)
+        if len(self.x) != n or len(self.labels) != n:
+            raise ValueError(
+                f"split arrays differ in length: x {len(self.x)}, labels {len(self.labels)}, index {n}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+SPLIT_NAMES = ("train", "val", "query", "database")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The four splits of a protocol: train (fit), val (model selection), query, database."""
+
+    train: Split
+    val: Split
+    query: Split
+    database: Split
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
+
+    def check_disjoint(self, pairs: Iterable[tuple[str, str]], protocol: str) -> None:
+        """Raise :class:`SplitLeakError` if any declared pair of splits shares an item."""
+        for a, b in pairs:
+            shared = np.intersect1d(getattr(self, a).index, getattr(self, b).index)
+            if len(shared):
+                raise SplitLeakError(
+                    f"protocol {protocol}: splits '{a}' and '{b}' must be disjoint but share "
+                    f"{len(shared)} items (first ids: {shared[:5].tolist()}); refusing to run"
+                )
+
+
+class Protocol(Component):
+    """A dataset with its evaluation protocol (see ``register_datasets``)."""
+
+    kind: ClassVar[str] = "dataset"
+    num_classes: ClassVar[int] = 0
+    multi_label: ClassVar[bool] = False
+    topk: ClassVar[int | None] = None
+    relevance: ClassVar[str] = "same class"
+    #: what ``Split.x`` holds; a method suits the protocol when its ``input`` is listed here
+    provides: ClassVar[tuple[str, ...]] = ("features",)
+    disjoint: ClassVar[tuple[tuple[str, str], ...]] = (("query", "database"), ("query", "train"), ("query", "val"))
+    #: published mAP for exactly this protocol: {method: {bits: value}}, and where it comes from
+    published: ClassVar[dict[str, dict[int, float]]] = {}
+    published_source: ClassVar[str] = ""
+
+    def load(self) -> Splits:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a run record stores about the protocol besides its parameters."""
+        return {
+            "num_classes": self.num_classes,
+            "multi_label": self.multi_label,
+            "topk": self.topk,
+            "relevance": self.relevance,
+            "disjoint": [list(p) for p in self.disjoint],
+        }
+
+
+# ----------------------------------------------------------------------------- methods
+
+class HashMethod(Component):
+    """A learning-to-hash method (see ``register_methods``).
+
+    Subclasses implement ``fit(train, val)`` and ``encode(x) -> bool (N, bits)``; ``self.bits``
+    and ``self.seed`` are set, and ``self.rng`` is a numpy Generator seeded with ``seed``.
+    """
+
+    kind: ClassVar[str] = "method"
+    input: ClassVar[str] = "features"
+
+    def __init__(self, bits: int, seed: int = 0, **params: Any) -> None:
+        super().__init__(**params)
+        self.bits = check_bits(bits)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+
+    def fit(self, train: Split, val: Split | None = None) -> None:
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- executors
+
+class Executor(Component):
+    """Runs a function over tasks (see ``register_executors``)."""
+
+    kind: ClassVar[str] = "executor"
+
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        raise NotImplementedError

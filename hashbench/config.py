@@ -1,0 +1,195 @@
+"""Runs as data: the resolved config of one run, experiment files, ``--set`` overrides, run ids.
+
+A run's identity is the hash of its fully resolved config (defaults filled in), so changing any
+hyperparameter, or a plugin changing a default, gives a new run id, and an unchanged run is
+recognised on rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .components import build_config, check_bits
+from .errors import HashbenchError
+from .registry import registry
+
+#: bump when what a record means changes (e.g. a metric's definition), so old runs are redone
+RECORD_SCHEMA = 1
+
+DEFAULT_DATASET = "digits"
+DEFAULT_BITS = (16, 32, 64)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_RESULTS_DIR = "results"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One cell of the grid, fully resolved: every parameter has its value, none is implicit."""
+
+    method: str
+    dataset: str
+    bits: int
+    seed: int
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": RECORD_SCHEMA, **dataclasses.asdict(self)}
+
+    @property
+    def run_id(self) -> str:
+        """``<method>-<dataset>-<bits>b-s<seed>-<first 12 hex digits of the config's sha256>``."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return f"{self.method}-{self.dataset}-{self.bits}b-s{self.seed}-{digest}"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        data = {k: v for k, v in data.items() if k != "schema"}
+        return cls(**data)
+
+
+@dataclass
+class Experiment:
+    """A declarative grid: methods x datasets x bits x seeds, with parameter overrides.
+
+    ``overrides`` maps ``NAME.param`` (NAME a method or a dataset) to a value, as ``--set`` does.
+    """
+
+    methods: list[str]
+    datasets: list[str] = field(default_factory=lambda: [DEFAULT_DATASET])
+    bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def grid(self) -> list[RunConfig]:
+        """Expand and resolve the grid; raises one-line HashbenchErrors for any bad entry."""
+        methods, datasets = registry("method"), registry("dataset")
+        method_classes = {m: methods.get(m) for m in _unique(self.methods, "methods")}
+        dataset_classes = {d: datasets.get(d) for d in _unique(self.datasets, "datasets")}
+        bits = [check_bits(b) for b in _unique(self.bits, "bits")]
+        seeds = _unique(self.seeds, "seeds")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise HashbenchError(f"seeds must be whole numbers >= 0, got {seed!r}")
+        per_component = split_overrides(self.overrides)
+        for name in per_component:
+            if name not in methods and name not in datasets:
+                raise HashbenchError(
+                    f"--set {name}.…: '{name}' is neither a method nor a dataset (hashbench list shows all)"
+                )
+        method_params = {
+            m: _resolve(cls, per_component.get(m, {}), f"method {m}") for m, cls in method_classes.items()
+        }
+        dataset_params = {
+            d: _resolve(cls, per_component.get(d, {}), f"dataset {d}") for d, cls in dataset_classes.items()
+        }
+        return [
+            RunConfig(m, d, b, s, method_params[m], dataset_params[d])
+            for d in dataset_classes
+            for m in method_classes
+            for b in bits
+            for s in seeds
+        ]
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    if not values:
+        raise HashbenchError(f"the experiment names no {what}")
+    return list(dict.fromkeys(values))
+
+
+def _resolve(cls: type, params: dict[str, Any], owner: str) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(build_config(cls.Config, params, owner))))
+
+
+def split_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"itq.iterations": 100}`` -> ``{"itq": {"iterations": 100}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        name, dot, param = str(key).partition(".")
+        if not dot or not name or not param:
+            raise HashbenchError(f"override '{key}' must look like NAME.param (e.g. itq.iterations)")
+        out.setdefault(name, {})[param] = value
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """Parse ``["itq.iterations=100", "digits.split_seed=1"]``; values are read as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise HashbenchError(f"--set expects NAME.param=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise HashbenchError(f"--set {key}: cannot read value '{raw}'") from None
+    return out
+
+
+def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
+    """Parse a comma-separated CLI list (``"16,32,64"``) into values of ``kind``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if kind is int:
+        try:
+            return [int(t) for t in items]
+        except ValueError:
+            raise HashbenchError(f"--{what} expects comma-separated whole numbers, got '{text}'") from None
+    return items
+
+
+#: keys an experiment file may hold, and their expected types
+EXPERIMENT_KEYS = {
+    "methods": list, "datasets": list, "bits": list, "seeds": list,
+    "set": dict, "executor": str, "results_dir": str,
+}
+
+
+def load_experiment_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML experiment file with the safe loader and check its keys and types.
+
+    Lists may also be written as comma-separated strings (``bits: 16,32``) or single values.
+    Returns a dict with a subset of EXPERIMENT_KEYS.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise HashbenchError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise HashbenchError(f"experiment file {path}: {problem}{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HashbenchError(f"experiment file {path}: expected a mapping of keys, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in EXPERIMENT_KEYS:
+            raise HashbenchError(
+                f"experiment file {path}: unknown key '{key}' (keys: {', '.join(EXPERIMENT_KEYS)})"
+            )
+        expected = EXPERIMENT_KEYS[key]
+        if expected is list:
+            if isinstance(value, str):
+                value = parse_list(value, key, int if key in ("bits", "seeds") else str)
+            elif not isinstance(value, list):
+                value = [value]
+        elif not isinstance(value, expected):
+            raise HashbenchError(
+                f"experiment file {path}: '{key}' must be a {expected.__name__}, got {type(value).__name__}"
+            )
+        out[key] = value
+    return out

@@ -1,0 +1,86 @@
+"""The contract of every plugin kind.
+
+A plugin is a module with functions named like the hooks below, each decorated with
+``@hashbench.hookimpl``. Built-in components (``hashbench.baselines.*``, the bundled datasets and
+executors) register through these same hooks, discovered through the ``hashbench`` entry-point
+group, exactly as a third-party package does (see docs/plugins.md).
+
+Every hook returns a list of component *classes*. Every class has
+
+* ``name``: a unique lower-case string, used on the command line and in ``hashbench.create``;
+* ``summary``: one line for ``hashbench list``;
+* ``Config``: a dataclass whose fields are the component's parameters, with defaults.
+  ``hashbench.create(kind, name, **params)`` checks ``params`` against these fields.
+
+Hooks are called once, when the registry first loads. A plugin module must not import heavy
+optional dependencies (torch, ray, faiss ...) at module level: import them where they are used
+and raise :class:`hashbench.errors.HashbenchError` with the install command when they are missing.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("hashbench")
+
+
+@hookspec
+def register_methods() -> list[type]:
+    """Return hashing methods: subclasses of :class:`hashbench.components.HashMethod`.
+
+    A method is built as ``cls(bits=..., seed=..., **params)``. ``fit(train, val)`` learns from
+    the training split (``val`` only for model selection, never the queries);
+    ``encode(x)`` maps an array of N items to a bool array of shape (N, bits): True is bit 1.
+    The class attribute ``input`` says what ``x`` is: ``"features"`` (float array (N, D)).
+    """
+
+
+@hookspec
+def register_backbones() -> list[type]:
+    """Return feature extractors (image -> feature vector), e.g. a wrapper over timm models.
+
+    A backbone is built as ``cls(**params)`` and maps a float tensor of images
+    (B, 3, H, W), normalized as its ``data_config`` says, to features (B, feature_dim).
+    """
+
+
+@hookspec
+def register_sorters() -> list[type]:
+    """Return differentiable sorters.
+
+    A sorter is built as ``cls(**params)`` and called on scores of shape (B, n); it returns
+    P of shape (B, n, n), each row summing to 1, such that P @ scores approximates the scores
+    sorted in descending order. Its temperature or regularization parameter going to 0 makes
+    P tend to the exact permutation matrix.
+    """
+
+
+@hookspec
+def register_losses() -> list[type]:
+    """Return loss terms: ``torch.nn.Module`` classes built as ``cls(**params)``.
+
+    ``forward`` returns a dict of named scalar terms; a method's objective is the weighted sum
+    of the terms, with weights from its config, and every term is logged per epoch.
+    """
+
+
+@hookspec
+def register_datasets() -> list[type]:
+    """Return protocols: subclasses of :class:`hashbench.components.Protocol`.
+
+    A protocol is built as ``cls(**params)``. ``load()`` returns :class:`hashbench.components.Splits`
+    (train, val, query, database), deterministic for equal params. Class attributes declare
+    ``num_classes``, ``multi_label``, ``topk`` (the K of mAP@K, None for the whole database),
+    ``relevance`` (one line), ``disjoint`` (pairs of split names that must share no item; the
+    runner checks them on every run) and ``published`` (published mAP for this exact protocol).
+    """
+
+
+@hookspec
+def register_executors() -> list[type]:
+    """Return executors: subclasses of :class:`hashbench.components.Executor`.
+
+    An executor is built as ``cls(**params)``; ``map(fn, tasks)`` applies a picklable function to
+    each task and yields the results as they finish, in any order. ``fn`` writes the run record
+    itself, so every executor produces the same records.
+    """

@@ -1,0 +1,181 @@
+"""Run a grid: for each RunConfig, protocol -> splits -> fit -> encode -> evaluate -> record.
+
+``execute(task)`` is the unit every executor runs: it claims the run, skips it if a finished
+record exists (unless forced), performs it, and writes its record. A run that raises is
+recorded as failed (with the error) and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import platform
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .components import Splits
+from .config import RunConfig
+from .errors import HashbenchError
+from .evaluate import evaluate, pack_codes
+from .registry import create, registry
+from .store import RunStore
+
+SCALAR_METRICS = ("map", "topk", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
+CURVES = ("pr_curve", "precision_at_k")
+VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy")
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """What an executor ships to a worker: a run's config, where to record it, whether to redo it."""
+
+    config: RunConfig
+    results_dir: str
+    force: bool = False
+
+
+def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in (*VERSIONED, *extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@functools.lru_cache(maxsize=4)
+def _load_splits(dataset: str, params_json: str) -> tuple[Any, Splits]:
+    protocol = create("dataset", dataset, **json.loads(params_json))
+    splits = protocol.load()
+    splits.check_disjoint(protocol.disjoint, dataset)
+    return protocol, splits
+
+
+def _plugin_distribution(method: str) -> str | None:
+    """The distribution that provides ``method`` (for its version in the record), if known."""
+    plugin = registry("method").entry(method).plugin
+    if plugin.startswith("hashbench."):
+        return None
+    return plugin.split(":", 1)[0]
+
+
+def _check_codes(codes: Any, n: int, bits: int, method: str) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.shape != (n, bits) or codes.dtype != np.bool_:
+        raise HashbenchError(
+            f"method {method}: encode must return bool codes of shape ({n}, {bits}), "
+            f"got {codes.dtype} {codes.shape}"
+        )
+    return codes
+
+
+def perform(config: RunConfig) -> dict[str, Any]:
+    """Run one config and return its record (status ``done``); exceptions propagate."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    protocol, splits = _load_splits(config.dataset, json.dumps(config.dataset_params, sort_keys=True))
+    timings["load_s"] = time.perf_counter() - t0
+
+    method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    t0 = time.perf_counter()
+    method.fit(splits.train, splits.val)
+    timings["fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    query_codes = _check_codes(method.encode(splits.query.x), len(splits.query), config.bits, config.method)
+    db_codes = _check_codes(method.encode(splits.database.x), len(splits.database), config.bits, config.method)
+    timings["encode_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = evaluate(
+        pack_codes(query_codes), pack_codes(db_codes),
+        splits.query.labels, splits.database.labels,
+        bits=config.bits, topk=protocol.topk,
+    )
+    timings["eval_s"] = time.perf_counter() - t0
+
+    extra = [d for d in (_plugin_distribution(config.method),) if d]
+    return {
+        "status": "done",
+        "metrics": {k: result[k] for k in SCALAR_METRICS},
+        "curves": {k: result[k] for k in CURVES},
+        "protocol": {"name": config.dataset, **config.dataset_params, **protocol.describe()},
+        "splits": splits.sizes(),
+        "timings": timings,
+        "versions": package_versions(extra),
+    }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(task: RunTask) -> dict[str, Any]:
+    """Claim, perform and record one run. Returns a summary: run_id, status, seconds, error.
+
+    status: ``done`` (ran now), ``skipped`` (already done), ``busy`` (another process holds it),
+    ``failed`` (raised; recorded with the error text and traceback).
+    """
+    config = task.config
+    run_id = config.run_id
+    store = RunStore(task.results_dir)
+    with store.claim(run_id) as claimed:
+        if not claimed:
+            return {"run_id": run_id, "status": "busy"}
+        previous = store.read(run_id)  # moves an unreadable record aside, with a warning
+        if previous is not None and previous.get("status") == "done" and not task.force:
+            return {"run_id": run_id, "status": "skipped"}
+        record: dict[str, Any] = {
+            "run_id": run_id,
+            "config": config.to_dict(),
+            "host": socket.gethostname(),
+            "started_at": _now(),
+        }
+        t0 = time.perf_counter()
+        try:
+            record.update(perform(config))
+            record["error"] = None
+        except Exception as exc:  # a failing run is recorded and the grid goes on
+            record.update(
+                status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+                versions=package_versions(),
+            )
+        record["seconds"] = time.perf_counter() - t0
+        record["finished_at"] = _now()
+        store.write(record)
+        return {"run_id": run_id, "status": record["status"], "seconds": record["seconds"],
+                "error": record["error"]}
+
+
+def run_grid(
+    configs: Sequence[RunConfig],
+    results_dir: str | Path,
+    executor: str = "local",
+    executor_params: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every config through the named executor; returns one summary per run."""
+    from tqdm import tqdm
+
+    runner = create("executor", executor, **(executor_params or {}))
+    tasks = [RunTask(c, str(results_dir), force) for c in configs]
+    summaries: list[dict[str, Any]] = []
+    results: Iterator[dict[str, Any]] = runner.map(execute, tasks)
+    with tqdm(total=len(tasks), desc="runs", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+        for summary in results:
+            summaries.append(summary)
+            bar.set_postfix_str(f"{summary['run_id'][:40]} {summary['status']}")
+            bar.update(1)
+    return summaries

@@ -1,0 +1,191 @@
+"""Comparison tables from run records: methods x (dataset, bits), mean +- std over seeds.
+
+Published numbers (a protocol's ``published``) go in a separate, labelled column block and are
+never mixed with measured ones. Written as Markdown, CSV (long format) and LaTeX.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .errors import HashbenchError
+from .registry import registry
+
+METRICS = ("map", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
+FORMATS = ("md", "csv", "latex")
+SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
+MEASURED, PUBLISHED = "measured", "published"
+
+
+def _variant(name: str, params: dict[str, Any], kind: str) -> str:
+    """``name``, or ``name[k=v,...]`` listing the params that differ from today's defaults."""
+    try:
+        defaults = registry(kind).get(name).default_params()
+    except HashbenchError:
+        defaults = {}
+    changed = {k: v for k, v in sorted(params.items()) if k not in defaults or defaults[k] != v}
+    if not changed:
+        return name
+    return name + "[" + ",".join(f"{k}={v}" for k, v in changed.items()) + "]"
+
+
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished run: method, dataset (with non-default params), bits, seed, metrics."""
+    rows = []
+    for rec in records:
+        if rec.get("status") != "done":
+            continue
+        cfg = rec["config"]
+        rows.append({
+            "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
+            "dataset": _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset"),
+            "protocol": cfg["dataset"],
+            "bits": int(cfg["bits"]),
+            "seed": int(cfg["seed"]),
+            "run_id": rec["run_id"],
+            **{m: rec.get("metrics", {}).get(m) for m in METRICS},
+        })
+    return pd.DataFrame(rows, columns=["method", "dataset", "protocol", "bits", "seed", "run_id", *METRICS])
+
+
+def summary_frame(frame: pd.DataFrame, metric: str = "map") -> pd.DataFrame:
+    """Long table: source, method, dataset, bits, n (seeds), mean, std, best.
+
+    ``best`` marks the highest measured mean per (dataset, bits); published rows come from the
+    protocols' ``published`` tables, for the datasets that have measured runs.
+    """
+    if metric not in METRICS:
+        raise HashbenchError(f"unknown metric '{metric}' (metrics: {', '.join(METRICS)})")
+    columns = ["source", "method", "dataset", "bits", "n", "mean", "std", "best"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = frame.groupby(["method", "dataset", "bits"])[metric]
+    measured = grouped.agg(n="count", mean="mean", std=lambda s: s.std(ddof=1) if len(s) > 1 else float("nan"))
+    measured = measured.reset_index()
+    measured.insert(0, "source", MEASURED)
+    top = measured.groupby(["dataset", "bits"])["mean"].transform("max")
+    measured["best"] = measured["mean"] >= top - 1e-12
+    published = []
+    datasets = registry("dataset")
+    for dataset, protocol in frame[["dataset", "protocol"]].drop_duplicates().itertuples(index=False):
+        if dataset != protocol or protocol not in datasets or metric != "map":
+            continue  # published numbers belong to the default protocol only, and report mAP
+        cls = datasets.get(protocol)
+        bits_run = set(frame.loc[frame["dataset"] == dataset, "bits"])
+        for method, by_bits in cls.published.items():
+            for bits, value in by_bits.items():
+                if int(bits) in bits_run:
+                    published.append({"source": PUBLISHED, "method": method, "dataset": dataset,
+                                      "bits": int(bits), "n": 0, "mean": float(value),
+                                      "std": float("nan"), "best": False})
+    out = pd.concat([measured, pd.DataFrame(published, columns=columns)], ignore_index=True)
+    return out[columns].sort_values(["source", "dataset", "bits", "method"], ignore_index=True)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if n > 1 and not math.isnan(std):
+        return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}" if n else f"{mean:.3f}"
+
+
+def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text: text) -> pd.DataFrame:
+    """Rows: methods; columns: (block, dataset, bits) with block 'measured' or 'published'.
+
+    Cells are ``escape``d, then the best measured ones wrapped in ``bold``.
+    """
+    cells: dict[tuple[str, str, int], dict[str, str]] = {}
+    for row in summary.itertuples(index=False):
+        text = escape(_cell(row.mean, row.std, row.n))
+        if row.best:
+            text = bold[0] + text + bold[1]
+        cells.setdefault((row.source, row.dataset, row.bits), {})[row.method] = text
+    if not cells:
+        return pd.DataFrame()
+    keys = sorted(cells, key=lambda k: (k[0] != MEASURED, k[1], k[2]))
+    measured_methods = sorted(summary.loc[summary["source"] == MEASURED, "method"].unique())
+    other = sorted(set(summary["method"]) - set(measured_methods))
+    table = pd.DataFrame(index=measured_methods + other, columns=pd.MultiIndex.from_tuples(keys))
+    for key in keys:
+        for method, text in cells[key].items():
+            table.loc[method, key] = text
+    return table.fillna(escape("–"))
+
+
+def to_markdown(table: pd.DataFrame, metric: str, sources: str) -> str:
+    if table.empty:
+        return f"_no finished runs_ ({metric})\n"
+    header = ["method"] + [
+        f"{dataset} {bits}b" + (" (published)" if block == PUBLISHED else "")
+        for block, dataset, bits in table.columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in table.iterrows():
+        lines.append("| " + " | ".join([method, *row.tolist()]) + " |")
+    note = f"\n{metric}: mean ± std over seeds; best measured value per column in bold."
+    if sources:
+        note += f" Published: {sources}"
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(table: pd.DataFrame, metric: str) -> str:
+    if table.empty:
+        return f"% no finished runs ({metric})\n"
+    groups: list[tuple[str, int]] = []
+    for block, dataset, _ in table.columns:
+        label = dataset + (" (published)" if block == PUBLISHED else "")
+        if groups and groups[-1][0] == label:
+            groups[-1] = (label, groups[-1][1] + 1)
+        else:
+            groups.append((label, 1))
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(table.columns) + "}",
+        r"\toprule",
+        " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_latex_escape(label)}}}" for label, n in groups) + r" \\",
+        "method & " + " & ".join(f"{bits} bits" for _, _, bits in table.columns) + r" \\",
+        r"\midrule",
+    ]
+    for method, row in table.iterrows():
+        lines.append(" & ".join([_latex_escape(method), *row.tolist()]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def published_sources(summary: pd.DataFrame) -> str:
+    datasets = registry("dataset")
+    names = sorted(set(summary.loc[summary["source"] == PUBLISHED, "dataset"]))
+    return "; ".join(f"{d}: {datasets.get(d).published_source}" for d in names if d in datasets)
+
+
+def write_tables(records: Iterable[dict[str, Any]], out_dir: str | Path, metric: str = "map",
+                 formats: Iterable[str] = FORMATS) -> tuple[str, list[Path]]:
+    """Write ``<metric>.md|.csv|.tex`` under ``out_dir``; returns the Markdown text and the paths."""
+    formats = list(formats)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise HashbenchError(f"unknown table format '{fmt}' (formats: {', '.join(FORMATS)})")
+    summary = summary_frame(records_frame(records), metric)
+    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        path = out_dir / f"{metric}.{SUFFIX[fmt]}"
+        if fmt == "md":
+            text = markdown
+        elif fmt == "csv":
+            text = summary.to_csv(index=False)
+        else:
+            text = to_latex(wide_table(summary, (r"\textbf{", "}"), _latex_escape), metric)
+        path.write_text(text)
+        written.append(path)
+    return markdown, written

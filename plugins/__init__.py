@@ -1,0 +1,1 @@
+"""Bundled headline methods (NSH, WCH), each a plugin: hashbench.plugins.<name>."""
