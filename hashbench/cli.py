@@ -140,8 +140,7 @@ def load_codes(path: str, bits: int | None, what: str):
     """
     import numpy as np
 
-    from .components import check_bits
-    from .evaluate import pack_codes
+    from .evaluate import check_bits, pack_codes
 
     codes = _load_npy(path, what)
     if codes.ndim != 2:

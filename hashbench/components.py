@@ -16,17 +16,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import HashbenchError, SplitLeakError
-
-MAX_BITS = 1024
-
-
-def check_bits(bits: Any) -> int:
-    """Return ``bits`` as an int in [1, MAX_BITS] or raise a one-line error."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise HashbenchError(f"bits must be a whole number, got {bits!r}")
-    if not 1 <= bits <= MAX_BITS:
-        raise HashbenchError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
-    return int(bits)
+from .evaluate import check_bits
 
 
 def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:

@@ -173,7 +173,7 @@ def run_grid(
     tasks = [RunTask(c, str(results_dir), force) for c in configs]
     summaries: list[dict[str, Any]] = []
     results: Iterator[dict[str, Any]] = runner.map(execute, tasks)
-    with tqdm(total=len(tasks), desc="runs", unit="run", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(tasks), desc="runs", unit="run", disable=None if progress else True, dynamic_ncols=True) as bar:
         for summary in results:
             summaries.append(summary)
             bar.set_postfix_str(f"{summary['run_id'][:40]} {summary['status']}")

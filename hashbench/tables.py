@@ -47,9 +47,19 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "bits": int(cfg["bits"]),
             "seed": int(cfg["seed"]),
             "run_id": rec["run_id"],
+            "topk": rec.get("metrics", {}).get("topk"),
             **{m: rec.get("metrics", {}).get(m) for m in METRICS},
         })
-    return pd.DataFrame(rows, columns=["method", "dataset", "protocol", "bits", "seed", "run_id", *METRICS])
+    return pd.DataFrame(rows, columns=["method", "dataset", "protocol", "bits", "seed", "run_id", "topk", *METRICS])
+
+
+def cutoffs(frame: pd.DataFrame) -> str:
+    """``digits: K=1597`` per dataset (the K of mAP@K used by its runs)."""
+    parts = []
+    for dataset, ks in frame.groupby("dataset")["topk"]:
+        values = sorted({int(k) for k in ks.dropna()})
+        parts.append(f"{dataset}: K={'/'.join(map(str, values))}")
+    return ", ".join(parts)
 
 
 def summary_frame(frame: pd.DataFrame, metric: str = "map") -> pd.DataFrame:
@@ -115,7 +125,7 @@ def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text:
     return table.fillna(escape("–"))
 
 
-def to_markdown(table: pd.DataFrame, metric: str, sources: str) -> str:
+def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "") -> str:
     if table.empty:
         return f"_no finished runs_ ({metric})\n"
     header = ["method"] + [
@@ -126,6 +136,8 @@ def to_markdown(table: pd.DataFrame, metric: str, sources: str) -> str:
     for method, row in table.iterrows():
         lines.append("| " + " | ".join([method, *row.tolist()]) + " |")
     note = f"\n{metric}: mean ± std over seeds; best measured value per column in bold."
+    if metric == "map" and ks:
+        note += f" mAP@K with {ks}."
     if sources:
         note += f" Published: {sources}"
     return "\n".join(lines) + "\n" + note + "\n"
@@ -173,8 +185,9 @@ def write_tables(records: Iterable[dict[str, Any]], out_dir: str | Path, metric:
     for fmt in formats:
         if fmt not in FORMATS:
             raise HashbenchError(f"unknown table format '{fmt}' (formats: {', '.join(FORMATS)})")
-    summary = summary_frame(records_frame(records), metric)
-    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary))
+    frame = records_frame(records)
+    summary = summary_frame(frame, metric)
+    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import textwrap
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import hashbench
@@ -20,6 +18,8 @@ from hashbench.registry import HOOKS, registry
 
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the installed console script (run away from the source tree, which is not importable as-is)
+HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 
 
 def test_builtins_register_through_entry_points():
@@ -89,83 +89,64 @@ def test_packages_cover_every_plugin_folder():
             assert ".".join((namespace, *rel)).rstrip(".") in packages, init
 
 
-FAKE_PLUGIN = '''
-from dataclasses import dataclass
-import numpy as np
-from hashbench import hookimpl
-from hashbench.components import HashMethod
-
-
-class FirstBits(HashMethod):
-    """Thresholds the first `bits` features at their training median."""
-
-    name = "first-bits"
-    summary = "median threshold of the first features (a third-party test plugin)"
-
-    @dataclass(frozen=True)
-    class Config:
-        offset: float = 0.0
-
-    def fit(self, train, val=None):
-        self.median_ = np.median(train.x[:, : self.bits], axis=0) + self.config.offset
-
-    def encode(self, x):
-        return x[:, : self.bits] >= self.median_
-
-
-@hookimpl
-def register_methods():
-    return [FirstBits]
-'''
+def _doc_blocks(lang: str) -> list[str]:
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture
 def fake_distribution(tmp_path):
-    """A separate distribution 'fakehash' with a 'hashbench' entry point, on a path of its own."""
+    """The example plugin of docs/plugins.md as a separate distribution on a path of its own."""
+    module = next(b for b in _doc_blocks("python") if "@hookimpl" in b)
+    pyproject = tomllib.loads(next(b for b in _doc_blocks("toml") if "entry-points" in b))
+    project = pyproject["project"]
+    (ep_name, ep_value), = pyproject["project"]["entry-points"]["hashbench"].items()
     site = tmp_path / "site"
-    (site / "fakehash").mkdir(parents=True)
-    (site / "fakehash" / "__init__.py").write_text(FAKE_PLUGIN)
-    info = site / "fakehash-0.1.dist-info"
+    (site / ep_value).mkdir(parents=True)
+    (site / ep_value / "__init__.py").write_text(module)
+    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakehash\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[hashbench]\nfirstbits = fakehash\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "entry_points.txt").write_text(f"[hashbench]\n{ep_name} = {ep_value}\n")
     return site
 
 
 def _hashbench(args, site, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "HASHBENCH_PLUGINS"}
     full_env.update(PYTHONPATH=str(site), **env)
-    return subprocess.run([sys.executable, "-m", "hashbench.cli", *args], env=full_env,
+    return subprocess.run([HASHBENCH, *args], env=full_env, cwd=site,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_third_party_distribution_is_listed_and_runs(fake_distribution, tmp_path):
     listed = _hashbench(["list", "methods"], fake_distribution)
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if line.startswith("first-bits"))
-    assert "fakehash:firstbits" in row
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("median-hash"))
+    assert "hashbench-median:median-hash" in row and "example plugin" in row
 
     results = tmp_path / "results"
-    ran = _hashbench(["run", "--methods", "first-bits,lsh", "--datasets", "synthetic", "--bits", "8",
-                      "--seeds", "0", "--results-dir", str(results), "--no-progress"], fake_distribution)
+    ran = _hashbench(["run", "--methods", "median-hash,lsh", "--datasets", "synthetic", "--bits", "8",
+                      "--seeds", "0", "--set", "median-hash.replace=true", "--results-dir", str(results),
+                      "--no-progress"], fake_distribution)
     assert ran.returncode == 0, ran.stderr
     import json
-    records = [json.loads(p.read_text()) for p in (results / "runs").glob("first-bits-*.json")]
-    assert len(records) == 1 and records[0]["status"] == "done"
-    assert records[0]["versions"]["fakehash"] == "0.1"
+    records = [json.loads(p.read_text()) for p in (results / "runs").glob("median-hash-*.json")]
+    assert len(records) == 1 and records[0]["status"] == "done", records
+    assert records[0]["config"]["method_params"] == {"replace": True}
+    assert records[0]["versions"]["hashbench-median"] == "0.1.0"
     assert 0.0 < records[0]["metrics"]["map"] <= 1.0
-    assert "first-bits" in (results / "tables" / "map.md").read_text()
+    assert "median-hash[replace=True]" in (results / "tables" / "map.md").read_text()
 
 
 def test_env_var_restricts_external_plugins(fake_distribution, one_line_error):
     hidden = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="none")
-    assert hidden.returncode == 0 and "first-bits" not in hidden.stdout
+    assert hidden.returncode == 0 and "median-hash" not in hidden.stdout
     assert "itq" in hidden.stdout  # built-ins always load
-    allowed = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="fakehash")
-    assert "first-bits" in allowed.stdout
+    allowed = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="hashbench-median")
+    assert "median-hash" in allowed.stdout
     other = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="something-else")
-    assert "first-bits" not in other.stdout
-    refused = _hashbench(["run", "--methods", "first-bits", "--datasets", "synthetic"], fake_distribution,
+    assert "median-hash" not in other.stdout
+    refused = _hashbench(["run", "--methods", "median-hash", "--datasets", "synthetic"], fake_distribution,
                          HASHBENCH_PLUGINS="")
     assert refused.returncode == 2
-    assert "unknown method 'first-bits'" in one_line_error(refused.stderr)
+    assert "unknown method 'median-hash'" in one_line_error(refused.stderr)

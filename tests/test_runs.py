@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from hashbench.components import HashMethod
 from hashbench.config import Experiment, RunConfig, load_experiment_file, parse_set
 from hashbench.errors import HashbenchError
 from hashbench.runner import run_grid
-from hashbench.store import RecordWarning, RunStore
+from hashbench.store import RunStore
 
 
 SMALL = ["--datasets", "synthetic", "--bits", "8,16", "--seeds", "0,1", "--no-progress"]
@@ -191,7 +190,7 @@ def test_claim_excludes_a_second_holder(tmp_path):
             [sys.executable, "-c",
              "import sys; from hashbench.store import RunStore\n"
              f"with RunStore({str(tmp_path)!r}).claim('r') as c: sys.exit(0 if c else 3)"],
-            capture_output=True)
+            capture_output=True, cwd=tmp_path)
         assert probe.returncode == 3
     with store.claim("r") as again:
         assert again
@@ -200,10 +199,10 @@ def test_claim_excludes_a_second_holder(tmp_path):
 def test_two_processes_on_one_results_folder(tmp_path):
     """Concurrent invocations: every run performed exactly once, every record intact."""
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "hashbench", "run", "--methods", "lsh,pcah,itq,sh", "--datasets", "synthetic",
+    cmd = [str(Path(sys.executable).with_name("hashbench")), "run", "--methods", "lsh,pcah,itq,sh", "--datasets", "synthetic",
            "--bits", "8,16", "--seeds", "0,1,2", "--no-progress", "--no-table", "--results-dir", str(results)]
     env = {k: v for k, v in os.environ.items() if k != "HASHBENCH_PLUGINS"}
-    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     done = sum(int(line.split(" done")[0].split()[-1]) for e in errs for line in e.splitlines()

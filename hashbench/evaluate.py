@@ -1,0 +1,503 @@
+"""The evaluation engine: Hamming ranking of packed binary codes and the retrieval metrics.
+
+Codes travel packed: ``pack_codes`` turns an (N, bits) code matrix into (N, ceil(bits/8)) uint8
+(``np.packbits`` order, zero padding bits). Distances are computed as popcount(XOR) over uint64
+words (bytes zero-padded to whole words), in chunks of queries, so memory is bounded.
+
+Ranking: by Hamming distance, ties by database index (a stable sort; what faiss
+``IndexBinaryFlat`` returns). ``map``, ``map_full`` and ``precision_at_k`` use that ranking;
+``map_tie_aware`` is the exact expectation of ``map_full`` over uniformly random tie orders.
+
+Relevance: 1-D integer labels are class ids (relevant = same class); 2-D multi-hot {0,1} labels
+are multi-label (relevant = at least one shared label).
+
+numpy only (no torch, no faiss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import HashbenchError
+
+__all__ = ["binarize", "check_bits", "evaluate", "hamming_distances", "map_at_k", "pack_codes", "unpack_codes"]
+
+MAX_BITS = 1024
+DEFAULT_CHUNK_BYTES = 64 << 20
+# Bytes of working memory per (query, database item) cell of a query chunk; see evaluate().
+_CELL_BYTES = 24
+_MAX_CHUNK_ROWS = 4096
+_COL_BLOCK = 8192  # database columns per XOR/popcount block (keeps the uint64 temporary small)
+_SAMPLE_COLS = 4096  # database columns sampled to estimate the top-K cutoff distance
+
+
+# --------------------------------------------------------------------------------------------
+# codes
+
+
+def binarize(codes) -> np.ndarray:
+    """Return codes as a bool (N, bits) matrix.
+
+    bool input is returned as is; a numeric array whose values are all in {0, 1} is read as bits
+    (1 -> True); any other numeric array is thresholded ``value >= 0 -> True`` (sign codes
+    {-1, +1}, relaxed real codes; 0 -> True, never a fractional distance). 2-D only.
+    """
+    a = np.asarray(codes)
+    if a.ndim != 2:
+        raise HashbenchError(f"codes must be a 2-D (items, bits) array, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return a
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise HashbenchError(f"codes must be bool, integer or float, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise HashbenchError("codes contain NaN or infinity; fix the encoder output before binarizing")
+    if ((a == 0) | (a == 1)).all():
+        return a == 1
+    return a >= 0
+
+
+def pack_codes(codes) -> np.ndarray:
+    """Binarize and pack codes: (N, bits) -> uint8 (N, ceil(bits/8)), ``np.packbits(..., axis=1)``."""
+    return np.packbits(binarize(codes), axis=1)
+
+
+def unpack_codes(packed, bits: int) -> np.ndarray:
+    """Inverse of ``pack_codes``: uint8 (N, ceil(bits/8)) -> bool (N, bits)."""
+    bits = check_bits(bits)
+    packed = _check_packed(packed, "packed codes", bits)
+    return np.unpackbits(packed, axis=1, count=bits).view(np.bool_)
+
+
+def hamming_distances(query_packed, db_packed) -> np.ndarray:
+    """Exact Hamming distances between packed codes: (nq, W) x (ndb, W) uint8 -> (nq, ndb).
+
+    dtype uint8 when 8*W <= 255, else uint16. Counts every bit of the W bytes (padding bits of
+    ``pack_codes`` output are zero, so they add nothing).
+    """
+    q = _check_packed(query_packed, "query codes")
+    db = _check_packed(db_packed, "database codes")
+    if q.shape[1] != db.shape[1]:
+        raise HashbenchError(
+            f"query codes are {q.shape[1]} bytes wide but database codes {db.shape[1]}; "
+            "pack both with the same bit count"
+        )
+    bits = 8 * q.shape[1]
+    qw, dbw = _to_words(q), np.ascontiguousarray(_to_words(db).T)
+    out = np.empty((q.shape[0], db.shape[0]), _dist_dtype(bits))
+    if q.shape[0] and db.shape[0]:
+        step = max(1, min(_MAX_CHUNK_ROWS, DEFAULT_CHUNK_BYTES // (16 * db.shape[0])))
+        buf = np.empty((min(step, q.shape[0]), min(_COL_BLOCK, db.shape[0])), np.uint64)
+        for q0 in range(0, q.shape[0], step):
+            _distance_block(qw[q0:q0 + step], dbw, out[q0:q0 + step], buf)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def check_bits(bits) -> int:
+    """Return ``bits`` as an int in [1, MAX_BITS] or raise a one-line HashbenchError."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, (int, np.integer)):
+        raise HashbenchError(f"bits must be a whole number, got {bits!r}")
+    if not 1 <= int(bits) <= MAX_BITS:
+        raise HashbenchError(f"bits must be between 1 and {MAX_BITS}, got {bits}")
+    return int(bits)
+
+
+def _check_packed(codes, what: str, bits: int | None = None) -> np.ndarray:
+    a = np.asarray(codes)
+    if a.ndim != 2:
+        raise HashbenchError(f"{what} must be a 2-D packed uint8 array, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise HashbenchError(
+            f"{what} must be packed uint8 (use hashbench.evaluate.pack_codes), got dtype {a.dtype}"
+        )
+    if bits is not None:
+        width = (bits + 7) // 8
+        if a.shape[1] != width:
+            raise HashbenchError(
+                f"{what} are {a.shape[1]} bytes wide but bits={bits} packs into {width} bytes; "
+                "pass the code length the codes were packed with"
+            )
+        spare = 8 * width - bits
+        if spare and a.shape[0] and (a[:, -1] & np.uint8((1 << spare) - 1)).any():
+            raise HashbenchError(
+                f"{what} have nonzero padding bits beyond bit {bits}; pack them with pack_codes "
+                "or pass the right bits"
+            )
+    return np.ascontiguousarray(a)
+
+
+def _dist_dtype(bits: int):
+    return np.uint8 if bits <= 255 else np.uint16
+
+
+def _to_words(packed: np.ndarray) -> np.ndarray:
+    """uint8 (N, W) -> uint64 (N, ceil(W/8)), zero-padded bytes."""
+    n, width = packed.shape
+    words = -(-width // 8)
+    if width == 8 * words:
+        return np.ascontiguousarray(packed).view(np.uint64)
+    padded = np.zeros((n, 8 * words), np.uint8)
+    padded[:, :width] = packed
+    return padded.view(np.uint64)
+
+
+def _distance_block(qw: np.ndarray, dbw: np.ndarray, out: np.ndarray, buf: np.ndarray) -> None:
+    """out[i, j] = popcount(qw[i] ^ dbw[:, j]). qw (c, W) uint64, dbw (W, ndb) uint64 (C order),
+    out (c, ndb) uint8/uint16, buf a uint64 scratch of at least (c, min(_COL_BLOCK, ndb))."""
+    c, nwords = qw.shape
+    ndb = dbw.shape[1]
+    for j0 in range(0, ndb, _COL_BLOCK):
+        j1 = min(ndb, j0 + _COL_BLOCK)
+        x = buf[:c, : j1 - j0]
+        o = out[:, j0:j1]
+        np.bitwise_xor(qw[:, 0, None], dbw[0, None, j0:j1], out=x)
+        np.bitwise_count(x, out=o)
+        for w in range(1, nwords):
+            np.bitwise_xor(qw[:, w, None], dbw[w, None, j0:j1], out=x)
+            np.add(o, np.bitwise_count(x), out=o)
+
+
+# --------------------------------------------------------------------------------------------
+# labels
+
+
+class _Labels:
+    """Relevance between queries and database items (single-label class ids or multi-hot)."""
+
+    def __init__(self, query_labels, db_labels, nq: int, ndb: int):
+        ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+        for what, lab, n in (("query", ql, nq), ("database", dl, ndb)):
+            if lab.ndim not in (1, 2):
+                raise HashbenchError(
+                    f"{what} labels must be 1-D class ids or 2-D multi-hot, got shape {lab.shape}"
+                )
+            if lab.shape[0] != n:
+                raise HashbenchError(
+                    f"{what} codes have {n} rows but {what} labels have {lab.shape[0]}"
+                )
+        if ql.ndim != dl.ndim:
+            kinds = {1: "1-D class ids", 2: "2-D multi-hot"}
+            raise HashbenchError(
+                f"query labels are {kinds[ql.ndim]} but database labels are {kinds[dl.ndim]}; "
+                "use the same kind for both"
+            )
+        self.multi = ql.ndim == 2
+        if not self.multi:
+            for what, lab in (("query", ql), ("database", dl)):
+                if not np.issubdtype(lab.dtype, np.integer):
+                    raise HashbenchError(
+                        f"{what} labels must be integer class ids, got dtype {lab.dtype}; "
+                        "cast with .astype(int) (or pass 2-D multi-hot labels)"
+                    )
+            classes, inverse = np.unique(np.concatenate([ql.astype(np.int64), dl.astype(np.int64)]),
+                                         return_inverse=True)
+            dtype = np.uint8 if len(classes) <= 256 else (np.uint16 if len(classes) <= 65536 else np.int64)
+            inverse = inverse.astype(dtype)
+            self.q, self.db = inverse[:nq], np.ascontiguousarray(inverse[nq:])
+        else:
+            if ql.shape[1] != dl.shape[1]:
+                raise HashbenchError(
+                    f"query labels have {ql.shape[1]} columns but database labels {dl.shape[1]}; "
+                    "multi-hot labels must share one label vocabulary"
+                )
+            if ql.shape[1] == 0:
+                raise HashbenchError("multi-hot labels have 0 columns; give at least one label")
+            bits = []
+            for what, lab in (("query", ql), ("database", dl)):
+                if lab.dtype != np.bool_:
+                    if not (np.issubdtype(lab.dtype, np.integer) or np.issubdtype(lab.dtype, np.floating)):
+                        raise HashbenchError(f"{what} labels must be numeric or bool, got dtype {lab.dtype}")
+                    if not ((lab == 0) | (lab == 1)).all():
+                        raise HashbenchError(
+                            f"2-D {what} labels must be multi-hot with values in {{0, 1}}; "
+                            "pass single-label class ids as a 1-D array"
+                        )
+                    lab = lab == 1
+                bits.append(_to_words(np.packbits(lab, axis=1)))
+            self.q, self.db = bits[0], np.ascontiguousarray(bits[1])
+
+    def pairs(self, q0: int, cols: np.ndarray) -> np.ndarray:
+        """Relevance of db items ``cols`` (c, k) to queries q0..q0+c-1 -> bool (c, k)."""
+        c = cols.shape[0]
+        if not self.multi:
+            return self.db[cols] == self.q[q0:q0 + c, None]
+        qb = self.q[q0:q0 + c]
+        rel = (self.db[cols, 0] & qb[:, None, 0]) != 0
+        for w in range(1, qb.shape[1]):
+            rel |= (self.db[cols, w] & qb[:, None, w]) != 0
+        return rel
+
+    def row(self, i: int) -> np.ndarray:
+        """Relevance of every database item to query i -> bool (ndb,)."""
+        if not self.multi:
+            return self.db == self.q[i]
+        qb = self.q[i]
+        rel = (self.db[:, 0] & qb[0]) != 0
+        for w in range(1, qb.shape[0]):
+            rel |= (self.db[:, w] & qb[w]) != 0
+        return rel
+
+
+@dataclass
+class _Problem:
+    qw: np.ndarray  # (nq, W) uint64
+    dbw: np.ndarray  # (W, ndb) uint64
+    labels: _Labels
+    bits: int
+    nq: int
+    ndb: int
+    topk: int  # effective K (1..ndb)
+    chunk: int  # queries per chunk
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (q0, dist) with dist (c, ndb) Hamming distances of queries q0..q0+c-1.
+        The dist buffer is reused between chunks."""
+        c = min(self.chunk, self.nq)
+        dist = np.empty((c, self.ndb), _dist_dtype(self.bits))
+        buf = np.empty((c, min(_COL_BLOCK, self.ndb)), np.uint64)
+        for q0 in range(0, self.nq, c):
+            d = dist[: min(c, self.nq - q0)]
+            _distance_block(self.qw[q0:q0 + c], self.dbw, d, buf)
+            yield q0, d
+
+
+def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes) -> _Problem:
+    bits = check_bits(bits)
+    q = _check_packed(query_codes, "query codes", bits)
+    db = _check_packed(db_codes, "database codes", bits)
+    nq, ndb = q.shape[0], db.shape[0]
+    if nq == 0 or ndb == 0:
+        raise HashbenchError(f"need at least one query and one database item, got {nq} and {ndb}")
+    labels = _Labels(query_labels, db_labels, nq, ndb)
+    if topk is None:
+        k = ndb
+    else:
+        if isinstance(topk, (bool, np.bool_)) or not isinstance(topk, (int, np.integer)):
+            raise HashbenchError(f"topk must be a positive integer or None (whole database), got {topk!r}")
+        if topk <= 0:
+            raise HashbenchError(f"topk must be a positive integer or None (whole database), got {topk}")
+        k = min(int(topk), ndb)
+    if isinstance(chunk_bytes, (bool, np.bool_)) or not isinstance(chunk_bytes, (int, np.integer)) \
+            or chunk_bytes <= 0:
+        raise HashbenchError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+    chunk = int(max(1, min(_MAX_CHUNK_ROWS, chunk_bytes // (_CELL_BYTES * ndb))))
+    return _Problem(
+        qw=_to_words(q), dbw=np.ascontiguousarray(_to_words(db).T), labels=labels,
+        bits=bits, nq=nq, ndb=ndb, topk=k, chunk=chunk,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# mAP@K (the one path; evaluate uses it too)
+
+
+def _cutoff_estimate(dist: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """Per row, a distance t whose ball {d <= t} likely holds >= k items (exact when the
+    database is small enough to be histogrammed whole). int64 (c,)."""
+    c, ndb = dist.shape
+    if k >= ndb:
+        return np.full(c, bits, np.int64)
+    if ndb <= _SAMPLE_COLS:
+        sample, target = dist, k
+    else:
+        s = _SAMPLE_COLS
+        sample = dist[:, (np.arange(s, dtype=np.int64) * ndb) // s]
+        m = k * s / ndb
+        target = min(s, math.ceil(m + 3.0 * math.sqrt(m) + 2.0))
+    nb = bits + 1
+    flat = sample.astype(np.int64) + (np.arange(c, dtype=np.int64) * nb)[:, None]
+    cum = np.cumsum(np.bincount(flat.ravel(), minlength=c * nb).reshape(c, nb), axis=1)
+    reached = cum >= target
+    return np.where(reached.any(axis=1), reached.argmax(axis=1), bits).astype(np.int64)
+
+
+def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> np.ndarray:
+    """AP@K (DeepHash convention) of each row of a distance block -> float64 (c,).
+
+    Exact stable top K: the ball {d <= t_i} of each row (t_i from a sampled histogram, checked
+    to hold >= K items, else set to the exact K-th distance) is listed in index order, stably
+    sorted by (row, distance) and cut at K."""
+    c, ndb = dist.shape
+    k, bits = prob.topk, prob.bits
+    t = _cutoff_estimate(dist, k, bits)
+    while True:
+        idx = np.flatnonzero(dist <= t[:, None].astype(dist.dtype))
+        bounds = np.searchsorted(idx, np.arange(c + 1, dtype=np.int64) * ndb)
+        counts = np.diff(bounds)
+        short = np.flatnonzero(counts < k)
+        if not len(short):
+            break
+        del idx
+        for i in short:  # rare: the sample underestimated; use the exact K-th distance
+            t[i] = np.sort(dist[i], kind="stable")[k - 1]
+    # Stable sort by (row, distance) with uint16 keys (numpy radix sort), in groups of rows
+    # small enough that row * (bits + 1) + distance fits in uint16 and holding at most
+    # max(2 ndb, one row) candidates, so the temporaries below are O(ndb).
+    nb = bits + 1
+    max_rows = max(1, 65536 // nb)
+    flat = dist.ravel()
+    pos = np.arange(k, dtype=np.int64)
+    inv_pos = 1.0 / np.arange(1, k + 1, dtype=np.float64)
+    ap = np.zeros(c)
+    r0 = 0
+    while r0 < c:
+        r1 = int(np.searchsorted(bounds, bounds[r0] + 2 * ndb, side="right")) - 1
+        r1 = max(r0 + 1, min(c, r0 + max_rows, r1))
+        s, e = bounds[r0], bounds[r1]
+        key = np.repeat(np.arange(r1 - r0, dtype=np.uint16) * np.uint16(nb), counts[r0:r1])
+        key += flat.take(idx[s:e])
+        order = np.argsort(key, kind="stable")
+        del key
+        top = order[(bounds[r0:r1, None] - s) + pos]  # (g, k) positions in idx[s:e]
+        del order
+        top += s
+        top = idx.take(top)
+        top -= (np.arange(r0, r1, dtype=np.int64) * ndb)[:, None]  # flat index -> db index
+        rel = prob.labels.pairs(q0 + r0, top)
+        del top
+        cum = np.cumsum(rel, axis=1, dtype=np.int32)
+        hits = cum[:, -1]
+        num = np.einsum("ij,ij,j->i", cum, rel, inv_pos)
+        ap[r0:r1] = np.divide(num, hits, out=np.zeros(r1 - r0), where=hits > 0)
+        r0 = r1
+    return ap
+
+
+def map_at_k(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk: int | None,
+             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> float:
+    """mAP@K in the DeepHash-pytorch / CIBHash convention on the stable Hamming ranking.
+
+    Codes: packed uint8 (nq, W) and (ndb, W) with W = ceil(bits/8). Labels as in ``evaluate``.
+    topk: K (clipped to ndb), None = whole database. Per query AP@K is the mean over relevant
+    items in the top K of (rank among relevant / position); a query with no hit scores 0 and
+    counts. Memory as in ``evaluate``.
+    """
+    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes)
+    ap = np.empty(prob.nq)
+    for q0, dist in prob.blocks():
+        ap[q0:q0 + dist.shape[0]] = _ap_at_k_block(dist, q0, prob)
+    return float(ap.mean())
+
+
+# --------------------------------------------------------------------------------------------
+# all metrics
+
+
+def _default_pk_points(ndb: int) -> list[int]:
+    grid, base = [1, 10, 50], 100
+    while base < ndb:
+        grid += [base, 2 * base, 5 * base]
+        base *= 10
+    return sorted({k for k in grid if k < ndb} | {ndb})
+
+
+def _tie_aware_ap(n_le: np.ndarray, r_le: np.ndarray, n_rel: np.ndarray, harmonic: np.ndarray) -> np.ndarray:
+    """Expected AP over random tie orders, closed form. n_le, r_le: int64 (c, bits+1) items /
+    relevant items with distance <= d; n_rel: (c,) relevant items in the database."""
+    n = np.diff(n_le, axis=1, prepend=0)
+    r = np.diff(r_le, axis=1, prepend=0)
+    n_lt, r_lt = n_le - n, r_le - r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+        a = r_lt + 1.0
+        # sum_{j=1..n} (a + (j-1) b) / (N + j) = b n + (a - b (N + 1)) (H[N+n] - H[N])
+        s = b * n + (a - b * (n_lt + 1)) * (harmonic[n_le] - harmonic[n_lt])
+        contrib = np.where(r > 0, r / np.maximum(n, 1) * s, 0.0)
+    total = contrib.sum(axis=1)
+    return np.divide(total, n_rel, out=np.zeros(len(total)), where=n_rel > 0)
+
+
+def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk: int | None = None,
+             pk_points: Sequence[int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+    """Evaluate Hamming ranking retrieval; return a JSON-serializable dict of metrics.
+
+    Inputs: packed uint8 codes (nq, W) and (ndb, W), W = ceil(bits/8), bits in 1..1024 (padding
+    bits zero); labels 1-D integer class ids (relevant = same class) or 2-D multi-hot {0,1}/bool
+    with the same columns (relevant = >= 1 shared label), of the same kind for queries and
+    database. topk: K for ``map`` (None = ndb; larger than ndb is clipped). pk_points: k values
+    for ``precision_at_k`` (clipped to ndb; default 1, 10, 50, 100, 200, 500, 1000, ... < ndb,
+    plus ndb). Bad input raises HashbenchError.
+
+    Returns: ``map`` (mAP@K, DeepHash convention: AP normalised by hits within K, zero-hit
+    queries count 0), ``topk`` (K used), ``map_full`` (AP over the whole ranking normalised by
+    all relevant items; no relevant -> 0), ``map_tie_aware`` (expectation of map_full over
+    random orders within equal distances, closed form), ``precision_h2``/``recall_h2`` (Hamming
+    ball d <= 2; empty ball -> precision 0; no relevant -> recall 0), ``pr_curve`` {radius
+    [0..bits], precision, recall} (ball of each radius, same rules), ``precision_at_k`` {k,
+    precision}, ``num_queries``, ``num_database``, ``bits``. Ranking is by distance, ties by
+    database index (stable), except for map_tie_aware. All means are over all queries.
+
+    Memory: queries are processed in chunks of c = clip(chunk_bytes // (24 * ndb), 1, 4096)
+    rows. Peak working memory is at most 24 * c * ndb + 96 * ndb bytes (<= 2 * chunk_bytes
+    once c >= 4), on top of the inputs, their uint64 word copies and the per-query results
+    (O(nq * (bits + len(pk_points))) floats). Results do not depend on chunk_bytes: per-query
+    values are computed row by row and averaged once at the end.
+    (Per chunk: the distance block, an XOR scratch, the candidate mask and indices; per row
+    group or per query: O(ndb) sort and gather temporaries.)
+    """
+    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes)
+    ndb, nb = prob.ndb, prob.bits + 1
+    if pk_points is None:
+        ks = _default_pk_points(ndb)
+    else:
+        req = np.asarray(pk_points)
+        if req.ndim != 1 or len(req) == 0 or not np.issubdtype(req.dtype, np.integer) or (req <= 0).any():
+            raise HashbenchError(f"pk_points must be a non-empty list of positive integers, got {pk_points!r}")
+        ks = sorted({min(int(k), ndb) for k in req})
+    ks_arr = np.asarray(ks, dtype=np.int64)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1, dtype=np.float64))])
+    radii = np.arange(nb)
+    r2 = min(2, prob.bits)
+
+    ap_k = np.empty(prob.nq)
+    ap_full = np.empty(prob.nq)
+    ap_tie = np.empty(prob.nq)
+    prec = np.empty((prob.nq, nb))
+    rec = np.empty((prob.nq, nb))
+    pk = np.empty((prob.nq, len(ks)))
+    for q0, dist in prob.blocks():
+        c = dist.shape[0]
+        ap_k[q0:q0 + c] = _ap_at_k_block(dist, q0, prob)
+        n_le = np.empty((c, nb), np.int64)
+        r_le = np.empty((c, nb), np.int64)
+        n_rel = np.empty(c, np.int64)
+        for i in range(c):  # per row: O(ndb) memory whatever the chunk
+            row = dist[i]
+            order = np.argsort(row, kind="stable")
+            hits = np.flatnonzero(prob.labels.row(q0 + i).take(order))  # positions (0-based)
+            n_rel[i] = len(hits)
+            n_le[i] = np.searchsorted(row.take(order), radii, side="right")
+            del order
+            r_le[i] = np.searchsorted(hits, n_le[i], side="left")
+            pk[q0 + i] = np.searchsorted(hits, ks_arr, side="left") / ks_arr
+            ap_full[q0 + i] = (np.arange(1, len(hits) + 1) / (hits + 1.0)).sum() / len(hits) if len(hits) else 0.0
+        prec[q0:q0 + c] = np.divide(r_le, n_le, out=np.zeros((c, nb)), where=n_le > 0)
+        rec[q0:q0 + c] = np.divide(r_le, n_rel[:, None], out=np.zeros((c, nb)), where=n_rel[:, None] > 0)
+        ap_tie[q0:q0 + c] = _tie_aware_ap(n_le, r_le, n_rel, harmonic)
+
+    nq = prob.nq
+    prec_curve, rec_curve = prec.mean(axis=0), rec.mean(axis=0)
+    return {
+        "map": float(ap_k.mean()),
+        "topk": int(prob.topk),
+        "map_full": float(ap_full.mean()),
+        "map_tie_aware": float(ap_tie.mean()),
+        "precision_h2": float(prec_curve[r2]),
+        "recall_h2": float(rec_curve[r2]),
+        "pr_curve": {
+            "radius": [int(r) for r in radii],
+            "precision": [float(x) for x in prec_curve],
+            "recall": [float(x) for x in rec_curve],
+        },
+        "precision_at_k": {"k": [int(k) for k in ks], "precision": [float(x) for x in pk.mean(axis=0)]},
+        "num_queries": int(nq),
+        "num_database": int(ndb),
+        "bits": int(prob.bits),
+    }
