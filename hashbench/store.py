@@ -84,11 +84,11 @@ class RunStore:
         os.replace(path, target)
         return target
 
-    def read(self, run_id: str, move_unreadable: bool = True) -> dict[str, Any] | None:
+    def read(self, run_id: str) -> dict[str, Any] | None:
         """The record of ``run_id``, or None if there is none.
 
-        An unreadable record is reported with a RecordWarning naming it and, with
-        ``move_unreadable``, moved to ``runs/unreadable/`` (never deleted); then None.
+        An unreadable record is moved to ``runs/unreadable/`` (never deleted) with a
+        RecordWarning naming it; then None. Call it while holding the run's claim.
         """
         path = self.path(run_id)
         if not path.exists():
@@ -96,16 +96,9 @@ class RunStore:
         try:
             return _read_json(path)
         except UnreadableRecord as exc:
-            if move_unreadable:
-                target = self._move_aside(path, "unreadable")
-                warnings.warn(f"unreadable record {path} ({exc}); moved to {target}", RecordWarning, stacklevel=2)
-            else:
-                warnings.warn(f"unreadable record {path} ({exc}); skipped", RecordWarning, stacklevel=2)
+            target = self._move_aside(path, "unreadable")
+            warnings.warn(f"unreadable record {path} ({exc}); moved to {target}", RecordWarning, stacklevel=2)
             return None
-
-    def is_done(self, run_id: str) -> bool:
-        record = self.read(run_id, move_unreadable=False)
-        return record is not None and record.get("status") == "done"
 
     def write(self, record: dict[str, Any]) -> Path:
         """Store ``record`` atomically; a finished record it replaces goes to ``runs/superseded/``."""
