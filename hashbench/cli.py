@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import (
-    DEFAULT_BITS, DEFAULT_DATASET, DEFAULT_RESULTS_DIR, DEFAULT_SEEDS, Experiment,
-    load_experiment_file, parse_list, parse_set,
+    DEFAULT_BITS,
+    DEFAULT_DATASET,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_SEEDS,
+    FEATURE_KEYS,
+    Experiment,
+    load_experiment_file,
+    parse_list,
+    parse_set,
+    suited_inputs,
 )
 from .errors import HashbenchError
 from .registry import HOOKS, PLURAL, normalize_kind, registry
@@ -37,17 +47,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 # ----------------------------------------------------------------------------- run
 
 def suitable_methods(datasets: Sequence[str]) -> list[str]:
-    """Every registered method whose input every one of ``datasets`` provides."""
-    provided = [set(registry("dataset").get(d).provides) for d in datasets]
+    """Every registered method whose input every one of ``datasets`` can provide."""
+    inputs = [suited_inputs(registry("dataset").get(d)) for d in datasets]
     return [
         entry.name for entry in registry("method").entries()
-        if all(getattr(entry.cls, "input", "features") in p for p in provided)
+        if all(getattr(entry.cls, "input", "features") in provided for provided in inputs)
     ]
 
 
 def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, Any]]:
-    """Merge the experiment file (if any) with the CLI flags; the flags win."""
-    spec = load_experiment_file(args.config) if args.config else {}
+    """The experiment file (``-c``, else the default experiment) with the CLI flags over it."""
+    spec = load_experiment_file(args.config or DEFAULT_EXPERIMENT)
     if args.methods is not None:
         spec["methods"] = parse_list(args.methods, "methods")
     if args.datasets is not None:
@@ -56,6 +66,13 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
         spec["bits"] = parse_list(args.bits, "bits", int)
     if args.seeds is not None:
         spec["seeds"] = parse_list(args.seeds, "seeds", int)
+    if args.backbone is not None:
+        # a new backbone starts from its own defaults, not the file's weights and size
+        spec.update(backbone=args.backbone, pretrained=False, input_size=None)
+    if args.pretrained is not None:
+        spec["pretrained"] = parse_set([f"pretrained={args.pretrained}"])["pretrained"]
+    if args.input_size is not None:
+        spec["input_size"] = args.input_size
     overrides = dict(spec.get("set", {}))
     overrides.update(parse_set(args.set or []))
     datasets = spec.get("datasets") or [DEFAULT_DATASET]
@@ -68,6 +85,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
         bits=spec.get("bits") or list(DEFAULT_BITS),
         seeds=spec.get("seeds") if spec.get("seeds") is not None else list(DEFAULT_SEEDS),
         overrides=overrides,
+        features={k: spec[k] for k in FEATURE_KEYS if k in spec},
     )
     settings = {
         "executor": args.executor or spec.get("executor") or "local",
@@ -81,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .store import RunStore
     from .tables import write_tables
 
+    if args.data_root:
+        os.environ["HASHBENCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
     experiment, settings = build_experiment(args)
     configs = experiment.grid()
     registry("executor").get(settings["executor"])
@@ -212,11 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a grid of methods x datasets x bits x seeds")
-    run.add_argument("-c", "--config", help="YAML experiment file (CLI flags override it)")
+    run.add_argument("-c", "--config", help=f"YAML experiment file (default: {DEFAULT_EXPERIMENT}); CLI flags override it")
     run.add_argument("--methods", help="comma-separated method names (default: every method that suits the datasets)")
     run.add_argument("--datasets", help=f"comma-separated dataset names (default: {DEFAULT_DATASET})")
     run.add_argument("--bits", help="comma-separated code lengths (default: %s)" % ",".join(map(str, DEFAULT_BITS)))
     run.add_argument("--seeds", help="comma-separated seeds (default: %s)" % ",".join(map(str, DEFAULT_SEEDS)))
+    run.add_argument("--backbone", help="features of shallow methods on image datasets: a timm model name, "
+                     "or 'none' for raw pixels (default: the experiment's)")
+    run.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
+                     help="backbone weights: the backbone's pretrained source, none, or a weights file")
+    run.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
+    run.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
     run.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE",
                      help="override a method or dataset parameter, e.g. itq.iterations=100 (repeatable)")
     run.add_argument("--executor", help="executor name (default: local)")

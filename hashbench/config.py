@@ -18,12 +18,15 @@ import yaml
 
 from .components import build_config, check_bits
 from .errors import HashbenchError
+from .features import FeatureSpec
 from .registry import registry
 
 #: bump when what a record means changes (e.g. a metric's definition), so old runs are redone
 RECORD_SCHEMA = 1
 
-DEFAULT_DATASET = "digits"
+DEFAULT_DATASET = "fashion-mnist"
+#: the experiment file ``hashbench run`` uses when given none
+DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 DEFAULT_BITS = (16, 32, 64)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS_DIR = "results"
@@ -39,6 +42,8 @@ class RunConfig:
     seed: int
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset_params: dict[str, Any] = field(default_factory=dict)
+    #: how images become features for a ``features`` method on an image protocol (FeatureSpec); else {}
+    features: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": RECORD_SCHEMA, **dataclasses.asdict(self)}
@@ -68,6 +73,8 @@ class Experiment:
     bits: list[int] = field(default_factory=lambda: list(DEFAULT_BITS))
     seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: FeatureSpec fields (backbone, pretrained, input_size) for features methods on image protocols
+    features: dict[str, Any] = field(default_factory=dict)
 
     def grid(self) -> list[RunConfig]:
         """Expand and resolve the grid; raises one-line HashbenchErrors for any bad entry."""
@@ -91,13 +98,31 @@ class Experiment:
         dataset_params = {
             d: _resolve(cls, per_component.get(d, {}), f"dataset {d}") for d, cls in dataset_classes.items()
         }
+        spec = None
+        features: dict[tuple[str, str], dict[str, Any]] = {}
+        for d, dataset_cls in dataset_classes.items():
+            for m, method_cls in method_classes.items():
+                wants = getattr(method_cls, "input", "features")
+                if wants not in suited_inputs(dataset_cls):
+                    raise HashbenchError(
+                        f"method {m} takes {wants} but dataset {d} provides {', '.join(dataset_cls.provides)}"
+                    )
+                if wants == "features" and "images" in dataset_cls.provides:
+                    spec = spec or FeatureSpec.resolve(self.features)
+                    features[m, d] = spec.to_dict()
         return [
-            RunConfig(m, d, b, s, method_params[m], dataset_params[d])
+            RunConfig(m, d, b, s, method_params[m], dataset_params[d], features.get((m, d), {}))
             for d in dataset_classes
             for m in method_classes
             for b in bits
             for s in seeds
         ]
+
+
+def suited_inputs(protocol_cls: type) -> set[str]:
+    """What a protocol can feed a method: what it provides, plus features derived from images."""
+    provided = set(protocol_cls.provides)
+    return provided | {"features"} if "images" in provided else provided
 
 
 def _unique(values: list[Any], what: str) -> list[Any]:
@@ -147,10 +172,12 @@ def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
 
 
 #: keys an experiment file may hold, and their expected types
-EXPERIMENT_KEYS = {
+EXPERIMENT_KEYS: dict[str, Any] = {
     "methods": list, "datasets": list, "bits": list, "seeds": list,
     "set": dict, "executor": str, "results_dir": str,
+    "backbone": (str, type(None)), "pretrained": (bool, str), "input_size": (int, type(None)),
 }
+FEATURE_KEYS = ("backbone", "pretrained", "input_size")
 
 
 def load_experiment_file(path: str | Path) -> dict[str, Any]:
@@ -187,9 +214,10 @@ def load_experiment_file(path: str | Path) -> dict[str, Any]:
                 value = parse_list(value, key, int if key in ("bits", "seeds") else str)
             elif not isinstance(value, list):
                 value = [value]
-        elif not isinstance(value, expected):
+        elif not isinstance(value, expected) or (isinstance(value, bool) and key == "input_size"):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise HashbenchError(
-                f"experiment file {path}: '{key}' must be a {expected.__name__}, got {type(value).__name__}"
+                f"experiment file {path}: '{key}' must be a {names}, got {type(value).__name__}"
             )
         out[key] = value
     return out

@@ -49,11 +49,16 @@ def normalize_kind(kind: str) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """A registered component class and the plugin that provides it."""
+    """A registered component class and the plugin that provides it.
+
+    ``claimed`` is True when ``name`` is not registered itself but the class claims it
+    (see :meth:`Registry.entry`), e.g. any timm model name for the generic timm backbone.
+    """
 
     name: str
     cls: type
     plugin: str
+    claimed: bool = False
 
     @property
     def summary(self) -> str:
@@ -83,19 +88,39 @@ class Registry:
         return [self._entries[n] for n in self.names(pattern)]
 
     def entry(self, name: str) -> Entry:
-        try:
+        """The entry registered as ``name``; else the first class whose ``claims(name)`` is true.
+
+        A class that can stand for a family of names (the timm backbone: any timm model) defines
+        ``claims(name) -> bool`` and ``from_name(name, **params)``, and optionally
+        ``suggest(name) -> list[str]`` for the error's close names. Exact names win.
+        """
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UnknownComponentError(
-                f"unknown {self.kind} '{name}'.{hint} (hashbench list {PLURAL[self.kind]} shows all)"
-            ) from None
+        for entry in self.entries():
+            claims = getattr(entry.cls, "claims", None)
+            if claims is not None and claims(name):
+                return Entry(name, entry.cls, entry.plugin, claimed=True)
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        for entry in self.entries():  # classes standing for families suggest from them too
+            suggest = getattr(entry.cls, "suggest", None)
+            if suggest is not None:
+                close += [c for c in suggest(name) if c not in close]
+        hint = f" Did you mean: {', '.join(close[:3])}?" if close else ""
+        raise UnknownComponentError(
+            f"unknown {self.kind} '{name}'.{hint} (hashbench list {PLURAL[self.kind]} shows all)"
+        )
 
     def get(self, name: str) -> type:
         return self.entry(name).cls
 
+    def create(self, name: str, **params: Any) -> Any:
+        entry = self.entry(name)
+        if entry.claimed:
+            return entry.cls.from_name(name, **params)
+        return entry.cls(**params)
+
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered exactly (claimed names are not included)."""
         return name in self._entries
 
 
@@ -181,4 +206,4 @@ def create(kind: str, name: str, **config: Any) -> Any:
     ``create("method", "itq", bits=32, seed=0, iterations=50)``; unknown names and parameters
     raise one-line :class:`HashbenchError`s that list the closest valid ones.
     """
-    return registry(kind).get(name)(**config)
+    return registry(kind).create(name, **config)

@@ -25,6 +25,7 @@ from .components import Splits
 from .config import RunConfig
 from .errors import HashbenchError
 from .evaluate import evaluate, pack_codes
+from .features import FeatureSpec, feature_splits
 from .registry import create, registry
 from .store import RunStore
 
@@ -60,6 +61,13 @@ def _load_splits(dataset: str, params_json: str) -> tuple[Any, Splits]:
     return protocol, splits
 
 
+@functools.lru_cache(maxsize=4)
+def _load_features(dataset: str, params_json: str, features_json: str) -> tuple[Splits, dict[str, Any]]:
+    protocol, splits = _load_splits(dataset, params_json)
+    spec = FeatureSpec.resolve(json.loads(features_json))
+    return feature_splits(protocol, json.loads(params_json), splits, spec)
+
+
 def _plugin_distribution(method: str) -> str | None:
     """The distribution that provides ``method`` (for its version in the record), if known."""
     plugin = registry("method").entry(method).plugin
@@ -81,9 +89,15 @@ def _check_codes(codes: Any, n: int, bits: int, method: str) -> np.ndarray:
 def perform(config: RunConfig) -> dict[str, Any]:
     """Run one config and return its record (status ``done``); exceptions propagate."""
     timings: dict[str, float] = {}
+    params_json = json.dumps(config.dataset_params, sort_keys=True)
     t0 = time.perf_counter()
-    protocol, splits = _load_splits(config.dataset, json.dumps(config.dataset_params, sort_keys=True))
+    protocol, splits = _load_splits(config.dataset, params_json)
     timings["load_s"] = time.perf_counter() - t0
+    features = None
+    if config.features:
+        t0 = time.perf_counter()
+        splits, features = _load_features(config.dataset, params_json, json.dumps(config.features, sort_keys=True))
+        timings["features_s"] = time.perf_counter() - t0
 
     method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
     t0 = time.perf_counter()
@@ -110,6 +124,7 @@ def perform(config: RunConfig) -> dict[str, Any]:
         "curves": {k: result[k] for k in CURVES},
         "protocol": {"name": config.dataset, **config.dataset_params, **protocol.describe()},
         "splits": splits.sizes(),
+        "features": features,
         "timings": timings,
         "versions": package_versions(extra),
     }

@@ -15,12 +15,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
-def _fresh_registry(monkeypatch):
-    """Every test starts from the installed plugins only, and leaves them so."""
+def _fresh_registry(monkeypatch, tmp_path_factory):
+    """Every test starts from the installed plugins only, with a private cache, and leaves them so."""
     monkeypatch.delenv("HASHBENCH_PLUGINS", raising=False)
+    monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
     registry_module.reload()
+    _clear_process_caches()
     yield
     registry_module.reload()
+    _clear_process_caches()
+
+
+def _clear_process_caches():
+    from hashbench import runner
+
+    runner._load_splits.cache_clear()
+    runner._load_features.cache_clear()
 
 
 @pytest.fixture

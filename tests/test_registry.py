@@ -6,16 +6,15 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import hashbench
 from hashbench.components import HashMethod
 from hashbench.errors import HashbenchError, UnknownComponentError
 from hashbench.registry import HOOKS, registry
-
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the installed console script (run away from the source tree, which is not importable as-is)

@@ -17,7 +17,6 @@ from hashbench.errors import HashbenchError
 from hashbench.runner import run_grid
 from hashbench.store import RunStore
 
-
 SMALL = ["--datasets", "synthetic", "--bits", "8,16", "--seeds", "0,1", "--no-progress"]
 
 
@@ -263,7 +262,7 @@ def test_run_bad_input_is_one_line_exit_2(cli, tmp_path, args, message, one_line
 
 
 def test_default_run_uses_every_suitable_method(cli, tmp_path, monkeypatch):
-    """`hashbench run` with no grid flags: the shallow baselines on digits, 16/32/64 bits, 3 seeds."""
+    """`hashbench run` with no flags runs the default experiment file."""
     from hashbench import cli as cli_module
 
     seen = {}
@@ -276,6 +275,14 @@ def test_default_run_uses_every_suitable_method(cli, tmp_path, monkeypatch):
     code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table")
     assert code == 0, err
     configs = seen["configs"]
-    assert {c.method for c in configs} == set(cli_module.suitable_methods(["digits"])) >= {"lsh", "pcah", "itq", "sh"}
-    assert {c.dataset for c in configs} == {"digits"}
+    assert {c.method for c in configs} == set(cli_module.suitable_methods(["fashion-mnist"]))
+    assert {c.method for c in configs} >= {"lsh", "pcah", "itq", "sh"}
+    assert {c.dataset for c in configs} == {"fashion-mnist"}
     assert {c.bits for c in configs} == {16, 32, 64} and {c.seed for c in configs} == {0, 1, 2}
+    assert {json.dumps(c.features, sort_keys=True) for c in configs} == {
+        json.dumps({"backbone": "tf_efficientnet_lite0", "pretrained": True, "input_size": 64}, sort_keys=True)}
+    # a flag overrides the default file; a new backbone starts from its own defaults
+    code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table", "--datasets", "digits",
+                       "--backbone", "resnet18")
+    assert code == 0, err
+    assert {c.dataset for c in seen["configs"]} == {"digits"} and all(not c.features for c in seen["configs"])

@@ -1,0 +1,1 @@
+"""Backbones (timm models and offline weight sources)."""
