@@ -95,7 +95,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_grid
+    from .runner import preflight, run_grid
     from .store import RunStore
     from .tables import write_tables
 
@@ -105,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = experiment.grid()
     registry("executor").get(settings["executor"])
     results_dir = Path(settings["results_dir"])
+    preflight(configs, results_dir, force=args.force)
     print(
         f"hashbench: {len(configs)} runs ({len(experiment.methods)} methods x {len(experiment.datasets)} "
         f"datasets x {len(experiment.bits)} bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",

@@ -100,6 +100,13 @@ class RunStore:
             warnings.warn(f"unreadable record {path} ({exc}); moved to {target}", RecordWarning, stacklevel=2)
             return None
 
+    def is_done(self, run_id: str) -> bool:
+        """Whether a readable record with status ``done`` exists (reads only; moves nothing)."""
+        try:
+            return _read_json(self.path(run_id)).get("status") == "done"
+        except (UnreadableRecord, FileNotFoundError):
+            return False
+
     def write(self, record: dict[str, Any]) -> Path:
         """Store ``record`` atomically; a finished record it replaces goes to ``runs/superseded/``."""
         path = self.path(record["run_id"])

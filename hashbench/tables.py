@@ -33,16 +33,35 @@ def _variant(name: str, params: dict[str, Any], kind: str) -> str:
     return name + "[" + ",".join(f"{k}={v}" for k, v in changed.items()) + "]"
 
 
+def features_label(features: dict[str, Any]) -> str:
+    """How a run turned images into features, in a few words ("" when the protocol gave features)."""
+    if not features:
+        return ""
+    if features.get("backbone") is None:
+        return "pixels"
+    pretrained = features.get("pretrained")
+    weights = "pretrained" if pretrained is True else "random" if pretrained is False else "weights file"
+    size = features.get("input_size")
+    return f"{features['backbone']} {weights}" + (f" {size}px" if size else "")
+
+
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per finished run: method, dataset (with non-default params), bits, seed, metrics."""
+    """One row per finished run: method, dataset, bits, seed, metrics.
+
+    ``method`` and ``protocol_variant`` carry the parameters that differ from the defaults;
+    ``dataset`` adds how images became features, so different inputs never share a column.
+    """
     rows = []
     for rec in records:
         if rec.get("status") != "done":
             continue
         cfg = rec["config"]
+        variant = _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset")
+        label = features_label(cfg.get("features", {}))
         rows.append({
             "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
-            "dataset": _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset"),
+            "dataset": f"{variant} ({label})" if label else variant,
+            "protocol_variant": variant,
             "protocol": cfg["dataset"],
             "bits": int(cfg["bits"]),
             "seed": int(cfg["seed"]),
@@ -50,7 +69,8 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             "topk": rec.get("metrics", {}).get("topk"),
             **{m: rec.get("metrics", {}).get(m) for m in METRICS},
         })
-    return pd.DataFrame(rows, columns=["method", "dataset", "protocol", "bits", "seed", "run_id", "topk", *METRICS])
+    return pd.DataFrame(rows, columns=["method", "dataset", "protocol_variant", "protocol", "bits", "seed",
+                                       "run_id", "topk", *METRICS])
 
 
 def cutoffs(frame: pd.DataFrame) -> str:
@@ -81,15 +101,15 @@ def summary_frame(frame: pd.DataFrame, metric: str = "map") -> pd.DataFrame:
     measured["best"] = measured["mean"] >= top - 1e-12
     published = []
     datasets = registry("dataset")
-    for dataset, protocol in frame[["dataset", "protocol"]].drop_duplicates().itertuples(index=False):
-        if dataset != protocol or protocol not in datasets or metric != "map":
+    for variant, protocol in frame[["protocol_variant", "protocol"]].drop_duplicates().itertuples(index=False):
+        if variant != protocol or protocol not in datasets or metric != "map":
             continue  # published numbers belong to the default protocol only, and report mAP
         cls = datasets.get(protocol)
-        bits_run = set(frame.loc[frame["dataset"] == dataset, "bits"])
+        bits_run = set(frame.loc[frame["protocol_variant"] == variant, "bits"])
         for method, by_bits in cls.published.items():
             for bits, value in by_bits.items():
                 if int(bits) in bits_run:
-                    published.append({"source": PUBLISHED, "method": method, "dataset": dataset,
+                    published.append({"source": PUBLISHED, "method": method, "dataset": protocol,
                                       "bits": int(bits), "n": 0, "mean": float(value),
                                       "std": float("nan"), "best": False})
     out = pd.concat([measured, pd.DataFrame(published, columns=columns)], ignore_index=True)

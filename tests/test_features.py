@@ -173,3 +173,31 @@ def test_cli_backbone_flags(plugins, cli, tmp_path, one_line_error):
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
     code, _, err = cli(*base, "--backbone", "none", "--pretrained")
     assert code == 2 and "need a --backbone" in one_line_error(err)
+
+
+def test_offline_pretrained_backbone_fails_at_once(plugins, cli, tmp_path, monkeypatch, one_line_error):
+    """With HF_HUB_OFFLINE=1, --backbone resnet18 --pretrained stops before any run, in one line."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli("run", "--methods", "itq", "--datasets", "tiny-images", "--bits", "8", "--seeds", "0",
+                       "--backbone", "resnet18", "--pretrained", "--results-dir", str(tmp_path), "--no-progress")
+    assert code == 2
+    line = one_line_error(err)
+    assert "backbone resnet18: no pretrained weights available offline" in line
+    assert "--pretrained PATH" in line and "--pretrained false" in line
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_preflight_refuses_a_leaking_protocol_before_any_run(with_plugin, cli, tmp_path, one_line_error):
+    class Leaky(TinyImages):
+        name = "leaky-images"
+
+        def load(self):
+            s = super().load()
+            return Splits(train=s.train, val=s.val, query=s.query, database=s.query)
+
+    with_plugin(register_datasets=lambda: [Leaky])
+    code, _, err = cli("run", "--methods", "itq", "--datasets", "leaky-images", "--bits", "8", "--seeds", "0",
+                       "--backbone", "none", "--results-dir", str(tmp_path), "--no-progress")
+    assert code == 2
+    assert "splits 'query' and 'database' must be disjoint" in one_line_error(err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))

@@ -272,6 +272,7 @@ def test_default_run_uses_every_suitable_method(cli, tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr("hashbench.runner.run_grid", fake_run_grid)
+    monkeypatch.setattr("hashbench.runner.preflight", lambda *args, **kwargs: None)  # needs no data here
     code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table")
     assert code == 0, err
     configs = seen["configs"]

@@ -87,3 +87,14 @@ def test_published_numbers_in_their_own_block(with_plugin, tmp_path):
     assert not summary.loc[summary["source"] == "published", "best"].any()
     # published numbers are mAP: other metrics have no published block
     assert "(published)" not in write_tables(recs, tmp_path, "map_full")[0]
+
+
+def test_inputs_never_share_a_column():
+    """Runs on pixels and on backbone features of one protocol are separate columns."""
+    pixels = record("itq", 8, 0, 0.3)
+    pixels["config"]["features"] = {"backbone": None, "pretrained": False, "input_size": None}
+    lite = record("itq", 8, 0, 0.6)
+    lite["config"]["features"] = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "input_size": 64}
+    summary = summary_frame(records_frame([pixels, lite]), "map").set_index("dataset")
+    assert summary.loc["synthetic (pixels)", "mean"] == pytest.approx(0.3)
+    assert summary.loc["synthetic (tf_efficientnet_lite0 pretrained 64px)", "mean"] == pytest.approx(0.6)
