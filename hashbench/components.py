@@ -188,6 +188,8 @@ class HashMethod(Component):
 
     kind: ClassVar[str] = "method"
     input: ClassVar[str] = "features"
+    #: a folder private to the run, set by the runner before ``fit`` (checkpoints); may be None
+    workdir: Any = None
 
     def __init__(self, bits: int, seed: int = 0, **params: Any) -> None:
         super().__init__(**params)
@@ -200,6 +202,10 @@ class HashMethod(Component):
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """What the run record keeps about training (e.g. per-epoch loss terms); {} if nothing."""
+        return {}
 
 
 # ----------------------------------------------------------------------------- executors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import shutil
 import socket
 import time
 import traceback
@@ -86,8 +87,11 @@ def _check_codes(codes: Any, n: int, bits: int, method: str) -> np.ndarray:
     return codes
 
 
-def perform(config: RunConfig) -> dict[str, Any]:
-    """Run one config and return its record (status ``done``); exceptions propagate."""
+def perform(config: RunConfig, workdir: Path | None = None) -> dict[str, Any]:
+    """Run one config and return its record (status ``done``); exceptions propagate.
+
+    ``workdir`` is a folder private to the run (deep methods keep their checkpoints there).
+    """
     timings: dict[str, float] = {}
     params_json = json.dumps(config.dataset_params, sort_keys=True)
     t0 = time.perf_counter()
@@ -100,6 +104,7 @@ def perform(config: RunConfig) -> dict[str, Any]:
         timings["features_s"] = time.perf_counter() - t0
 
     method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    method.workdir = workdir
     t0 = time.perf_counter()
     method.fit(splits.train, splits.val)
     timings["fit_s"] = time.perf_counter() - t0
@@ -126,6 +131,7 @@ def perform(config: RunConfig) -> dict[str, Any]:
         "splits": splits.sizes(),
         "features": features,
         "timings": timings,
+        "training": method.report(),
         "versions": package_versions(extra),
     }
 
@@ -156,9 +162,11 @@ def execute(task: RunTask) -> dict[str, Any]:
             "started_at": _now(),
         }
         t0 = time.perf_counter()
+        workdir = Path(task.results_dir) / "checkpoints" / run_id
         try:
-            record.update(perform(config))
+            record.update(perform(config, workdir))
             record["error"] = None
+            shutil.rmtree(workdir, ignore_errors=True)  # finished: only interrupted runs keep checkpoints
         except Exception as exc:  # a failing run is recorded and the grid goes on
             record.update(
                 status="failed",

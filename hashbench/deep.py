@@ -1,0 +1,99 @@
+"""The contract of deep hashing methods: a head and an objective; the training loop does the rest.
+
+A deep method subclasses :class:`DeepHashMethod` and provides three pieces:
+
+* ``build_head(feature_dim) -> torch.nn.Module``: the trainable part on top of the backbone
+  (for a frozen backbone, the only trainable part);
+* ``objective(head, f1, f2) -> dict[str, Tensor]``: named scalar loss terms for the backbone
+  outputs of two augmented views of one batch (f1, f2: float (B, F) pooled features, or
+  (B, T, C) tokens when ``backbone_output = "tokens"``); the loss is the weighted sum with
+  ``term_weights()`` and every term is logged per epoch;
+* ``hash_codes(head, f) -> Tensor bool (B, bits)``: deterministic codes at test time.
+
+``fit`` and ``encode`` are the shared ones of this class: ``hashbench.train`` runs the one
+training loop (two views, optimizer and schedule from the config, model selection and early
+stopping on the validation split, checkpoints and resume, NaN guard, CPU/CUDA/AMP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .components import HashMethod, Split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fields every deep method has; a method's ``Config`` subclasses this and adds its own.
+
+    backbone/pretrained/input_size/frozen: the feature extractor (see hashbench.models);
+    augment: a named recipe of hashbench.augment ("cibhash", "mocov2", "light");
+    bank_views: with a frozen backbone, backbone features of this many augmented views of each
+    training image are computed once (cached) and training samples two of them per image and
+    epoch; 0 = augment and run the backbone at every step;
+    epochs, batch_size, lr, weight_decay, optimizer ("adam" | "sgd"), schedule ("constant" |
+    "cosine"); val_every: validate every this many epochs (mAP of the validation split against
+    the training split); patience: stop after this many validations without improvement
+    (0 = never stop early); amp: mixed precision when on CUDA.
+    """
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool | str = True
+    input_size: int | None = 64
+    frozen: bool = True
+    augment: str = "light"
+    bank_views: int = 8
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    val_every: int = 5
+    patience: int = 3
+    amp: bool = True
+
+
+class DeepHashMethod(HashMethod):
+    """Base of the deep methods (see the module docstring). ``input = "images"``.
+
+    The runner sets ``workdir`` (a folder private to the run: checkpoints) before ``fit``.
+    After ``fit``, ``report()`` returns the training log stored in the run record.
+    """
+
+    input: ClassVar[str] = "images"
+    #: what the objective receives from the backbone: "pooled" (B, F) or "tokens" (B, T, C)
+    backbone_output: ClassVar[str] = "pooled"
+    Config = TrainConfig
+
+    # ---- the method's pieces -------------------------------------------------------------
+    def build_head(self, feature_dim: int) -> Any:
+        raise NotImplementedError
+
+    def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def term_weights(self) -> dict[str, float]:
+        """Weight of each named term of ``objective`` (default 1.0 for terms not listed)."""
+        return {}
+
+    def hash_codes(self, head: Any, f: Any) -> Any:
+        raise NotImplementedError
+
+    # ---- shared --------------------------------------------------------------------------
+    def fit(self, train: Split, val: Split | None = None) -> None:
+        from .train import fit
+
+        self._state = fit(self, train, val, workdir=self.workdir)
+
+    def encode(self, x: Any) -> np.ndarray:
+        from .train import encode
+
+        return encode(self, self._state, x)
+
+    def report(self) -> dict[str, Any]:
+        state = getattr(self, "_state", None)
+        return state.log if state is not None else {}
