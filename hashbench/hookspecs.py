@@ -57,10 +57,11 @@ def register_sorters() -> list[type]:
 
 @hookspec
 def register_losses() -> list[type]:
-    """Return loss terms: ``torch.nn.Module`` classes built as ``cls(**params)``.
+    """Return loss terms: callable classes built as ``cls(**params)``.
 
-    ``forward`` returns a dict of named scalar terms; a method's objective is the weighted sum
-    of the terms, with weights from its config, and every term is logged per epoch.
+    Calling one on tensors returns a dict of named scalar terms; a method's objective is the
+    weighted sum of the terms (``hashbench.losses.weighted_sum``), with weights from its config,
+    and every term is logged per epoch.
     """
 
 
