@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch's OpenMP threads spin-wait by default: on a small shared machine that makes small
+    # training steps up to ~100x slower when another process holds a core (set before torch loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)

@@ -92,7 +92,7 @@ class DeepHashMethod(HashMethod):
     def encode(self, x: Any) -> np.ndarray:
         from .train import encode
 
-        return encode(self, self._state, x)
+        return encode(self, getattr(self, "_state", None), x)
 
     def report(self) -> dict[str, Any]:
         state = getattr(self, "_state", None)

@@ -12,6 +12,7 @@ from hashbench import registry as registry_module
 from hashbench.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see hashbench.cli.main
 
 
 @pytest.fixture(autouse=True)

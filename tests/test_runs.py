@@ -280,8 +280,11 @@ def test_default_run_uses_every_suitable_method(cli, tmp_path, monkeypatch):
     assert {c.method for c in configs} >= {"lsh", "pcah", "itq", "sh"}
     assert {c.dataset for c in configs} == {"fashion-mnist"}
     assert {c.bits for c in configs} == {16, 32, 64} and {c.seed for c in configs} == {0, 1, 2}
-    assert {json.dumps(c.features, sort_keys=True) for c in configs} == {
+    shallow = [c for c in configs if c.method in {"lsh", "pcah", "itq", "sh"}]
+    assert {json.dumps(c.features, sort_keys=True) for c in shallow} == {
         json.dumps({"backbone": "tf_efficientnet_lite0", "pretrained": True, "input_size": 64}, sort_keys=True)}
+    assert {c.method for c in configs} >= {"cibhash", "greedyhash", "bihalf"}
+    assert all(not c.features for c in configs if c.method not in {"lsh", "pcah", "itq", "sh"})
     # a flag overrides the default file; a new backbone starts from its own defaults
     code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table", "--datasets", "digits",
                        "--backbone", "resnet18")

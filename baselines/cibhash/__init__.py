@@ -1,0 +1,92 @@
+"""CIBHash: Unsupervised Hashing with Contrastive Information Bottleneck (Qiu et al., IJCAI 2021,
+arXiv 2105.06138; reference code github.com/zexuanqiu/CIBHash).
+
+Defaults, and where they come from:
+
+* from the reference code: the head Linear(F, 1024) -> ReLU -> Linear(1024, bits) -> sigmoid;
+  NT-Xent temperature 0.3; KL weight (beta) 0.001; Adam, lr 1e-3, batch 64, constant lr; a
+  frozen backbone (the code freezes VGG-16); the "cibhash" augmentation recipe (its transforms);
+* from the paper: stochastic Bernoulli codes b = (sign(p - u) + 1) / 2 during training
+  (``stochastic=True``; the code's deterministic sign(p - 0.5) is ``stochastic=False``); either
+  way NT-Xent sees the codes in {-1, +1} (2b - 1), as the code feeds sign(p - 0.5);
+* adapted to the default CPU protocol: backbone VGG-16 fc7 at 224 px (4096-d) -> the offline
+  ImageNet tf_efficientnet_lite0 at 64 px (1280-d), whose outputs of 8 augmented views per
+  training image are banked (``bank_views=8``; VGG's dropout, active in the code's training,
+  has no counterpart on a bank); epochs 60 (80 at 16 bits) -> 30, validation every 20 epochs
+  with early stop after 6 bad ones -> every 5 epochs, patience 3; seed 8888 -> the run seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hashbench import create, hookimpl
+from hashbench.deep import DeepHashMethod, TrainConfig
+from hashbench.errors import HashbenchError
+
+
+class CIBHash(DeepHashMethod):
+    """Contrastive hashing with an information bottleneck (see the module docstring).
+
+    p = sigmoid(head(f)) (B, bits); training codes: stochastic sign(p - u) or sign(p - 0.5) in
+    {-1, +1}, straight-through; loss terms ``nt_xent`` (NT-Xent over the 2B codes, cosine,
+    ``temperature``) and ``bernoulli_kl`` (symmetric Bernoulli KL between the views' p with
+    stop-gradient, weight ``kl_weight``); test codes p >= 0.5.
+    """
+
+    name = "cibhash"
+    summary = "CIBHash: contrastive information bottleneck hashing (Qiu et al., IJCAI 2021)"
+
+    @dataclass(frozen=True)
+    class Config(TrainConfig):
+        augment: str = "cibhash"
+        schedule: str = "constant"
+        temperature: float = 0.3
+        kl_weight: float = 0.001
+        stochastic: bool = True
+
+        def __post_init__(self) -> None:
+            if self.temperature <= 0:
+                raise HashbenchError(f"method cibhash: temperature must be > 0, got {self.temperature}")
+            if self.kl_weight < 0:
+                raise HashbenchError(f"method cibhash: kl_weight must be >= 0, got {self.kl_weight}")
+
+    def build_head(self, feature_dim: int) -> Any:
+        from .model import build_head
+
+        return build_head(feature_dim, self.bits)
+
+    def probabilities(self, head: Any, f: Any) -> Any:
+        """p = sigmoid(head(f)): float (B, bits)."""
+        import torch
+
+        return torch.sigmoid(head(f))
+
+    def losses(self) -> tuple[Any, Any]:
+        """The shared loss components ``nt_xent`` (this temperature) and ``bernoulli_kl``."""
+        if getattr(self, "_losses", None) is None:
+            self._losses = (create("loss", "nt_xent", temperature=self.config.temperature),
+                            create("loss", "bernoulli_kl"))
+        return self._losses
+
+    def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
+        """Terms ``nt_xent`` (of the training codes) and ``bernoulli_kl`` (of the probabilities)."""
+        from .model import train_codes
+
+        nt_xent, bernoulli_kl = self.losses()
+        p1, p2 = self.probabilities(head, f1), self.probabilities(head, f2)
+        z1 = train_codes(p1, self.config.stochastic)
+        z2 = train_codes(p2, self.config.stochastic)
+        return {**nt_xent(z1, z2), **bernoulli_kl(p1, p2)}
+
+    def term_weights(self) -> dict[str, float]:
+        return {"nt_xent": 1.0, "bernoulli_kl": self.config.kl_weight}
+
+    def hash_codes(self, head: Any, f: Any) -> Any:
+        return self.probabilities(head, f) >= 0.5
+
+
+@hookimpl
+def register_methods() -> list[type]:
+    return [CIBHash]
