@@ -5,7 +5,7 @@ Defaults, and where they come from:
 
 * from the reference code: the head Linear(F, 1024) -> ReLU -> Linear(1024, bits) -> sigmoid;
   NT-Xent temperature 0.3; KL weight (beta) 0.001; Adam, lr 1e-3, batch 64, constant lr; a
-  frozen backbone (the code freezes VGG-16); the "cibhash" augmentation recipe (its transforms);
+  frozen backbone (the code freezes VGG-16);
 * from the paper: stochastic Bernoulli codes b = (sign(p - u) + 1) / 2 during training
   (``stochastic=True``; the code's deterministic sign(p - 0.5) is ``stochastic=False``); either
   way NT-Xent sees the codes in {-1, +1} (2b - 1), as the code feeds sign(p - 0.5);
@@ -13,7 +13,10 @@ Defaults, and where they come from:
   ImageNet tf_efficientnet_lite0 at 64 px (1280-d), whose outputs of 8 augmented views per
   training image are banked (``bank_views=8``; VGG's dropout, active in the code's training,
   has no counterpart on a bank); epochs 60 (80 at 16 bits) -> 30, validation every 20 epochs
-  with early stop after 6 bad ones -> every 5 epochs, patience 3; seed 8888 -> the run seed.
+  with early stop after 6 bad ones -> every 5 epochs, patience 3; seed 8888 -> the run seed;
+  the code's augmentations (recipe "cibhash": crops of 224 px photos, colour jitter, blur) ->
+  the "light" recipe made for 28-32 px images (``augment="cibhash"`` restores them), which
+  also shares one view bank with the other deep methods (the default's time budget).
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ class CIBHash(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        augment: str = "cibhash"
         schedule: str = "constant"
         temperature: float = 0.3
         kl_weight: float = 0.001
