@@ -33,8 +33,19 @@ def _variant(name: str, params: dict[str, Any], kind: str) -> str:
     return name + "[" + ",".join(f"{k}={v}" for k, v in changed.items()) + "]"
 
 
+def input_label(config: dict[str, Any]) -> str:
+    """What a run's method saw, in a few words: the backbone behind a shallow method's features
+    or inside a deep method ("tf_efficientnet_lite0 pretrained 64px", "pixels"); "" when the
+    protocol itself gives feature vectors. Runs on the same input share table columns."""
+    params = config.get("method_params", {})
+    if not config.get("features") and "backbone" in params:
+        label = features_label({k: params.get(k) for k in ("backbone", "pretrained", "input_size")})
+        return label + (" fine-tuned" if params.get("frozen") is False else "")
+    return features_label(config.get("features", {}))
+
+
 def features_label(features: dict[str, Any]) -> str:
-    """How a run turned images into features, in a few words ("" when the protocol gave features)."""
+    """A FeatureSpec in a few words ("" for none)."""
     if not features:
         return ""
     if features.get("backbone") is None:
@@ -57,7 +68,7 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             continue
         cfg = rec["config"]
         variant = _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset")
-        label = features_label(cfg.get("features", {}))
+        label = input_label(cfg)
         rows.append({
             "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
             "dataset": f"{variant} ({label})" if label else variant,

@@ -98,3 +98,14 @@ def test_inputs_never_share_a_column():
     summary = summary_frame(records_frame([pixels, lite]), "map").set_index("dataset")
     assert summary.loc["synthetic (pixels)", "mean"] == pytest.approx(0.3)
     assert summary.loc["synthetic (tf_efficientnet_lite0 pretrained 64px)", "mean"] == pytest.approx(0.6)
+
+
+def test_deep_and_shallow_runs_on_one_backbone_share_columns():
+    lite = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "input_size": 64}
+    shallow = record("itq", 8, 0, 0.6)
+    shallow["config"]["features"] = dict(lite)
+    deep = record("cibhash", 8, 0, 0.7, method_params={**lite, "frozen": True, "epochs": 30})
+    tuned = record("cibhash", 8, 1, 0.8, method_params={**lite, "frozen": False, "epochs": 30})
+    frame = records_frame([shallow, deep, tuned])
+    column = "synthetic (tf_efficientnet_lite0 pretrained 64px)"
+    assert list(frame["dataset"]) == [column, column, column[:-1] + " fine-tuned)"]
