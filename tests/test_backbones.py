@@ -59,12 +59,12 @@ def _images(n, size=28, rgb=False, seed=0):
 
 # ----------------------------------------------------------------------------- registry
 
-def test_module_imports_neither_torch_nor_timm():
+def test_module_imports_neither_torch_nor_timm(tmp_path):
     code = (
         "import sys, hashbench.models.backbones, hashbench.models.weights, hashbench.models.builtin as b;"
         "b.register_backbones(); assert 'torch' not in sys.modules and 'timm' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_any_timm_name_through_the_registry():

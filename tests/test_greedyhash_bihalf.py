@@ -244,7 +244,7 @@ def test_registered_and_created_by_name(registered):
     assert greedyhash_plugin.PAIRS == PAIRS == bihalf_plugin.PAIRS
 
 
-def test_plugin_modules_do_not_import_torch():
+def test_plugin_modules_do_not_import_torch(tmp_path):
     """The registry imports plugins at every command start: torch only where it is used."""
     import subprocess
     import sys
@@ -253,7 +253,7 @@ def test_plugin_modules_do_not_import_torch():
         "import sys, hashbench.baselines.greedyhash as g, hashbench.baselines.bihalf as b; "
         "g.GreedyHash.Config(); b.BiHalf.Config(); print('torch' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"
 
 

@@ -69,9 +69,10 @@ def test_registered_and_listed(capsys):
     assert "Prillo" in out and "Grover" in out and "Blondel" in out
 
 
-def test_module_does_not_import_torch():
+def test_module_does_not_import_torch(tmp_path):
     code = "import sys, hashbench.sorters, hashbench.losses; assert 'torch' not in sys.modules, 'torch imported'"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
 
