@@ -113,40 +113,6 @@ def _hard_permutation(scores: torch.Tensor) -> torch.Tensor:
     return hard.scatter_(-1, order.unsqueeze(-1), 1.0)
 
 
-class ExactSorter(Sorter):
-    """Hard permutation matrix; straight-through gradient of SoftSort.
-
-    Forward: P is exactly the one-hot of ``torch.argsort(scores, descending=True, stable=True)``
-    (ties keep index order). Backward: straight-through estimator
-    ``P = hard + (soft - soft.detach())``, with ``soft`` the SoftSort relaxation at this
-    ``temperature`` and ``power`` (the ``hard=True`` mode of the SoftSort authors' code). The
-    forward value is the hard matrix bit for bit; the gradient is SoftSort's. The temperature
-    only shapes the gradient.
-    """
-
-    name = "exact"
-    summary = "Exact permutation (argsort), straight-through gradient of SoftSort"
-
-    @dataclass(frozen=True)
-    class Config:
-        #: temperature of the SoftSort relaxation used for the backward pass only
-        temperature: float = 1.0
-        power: float = 1.0
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_positive("power")
-
-    def _sort(self, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        hard = _hard_permutation(scores)
-        if not (scores.requires_grad and torch.is_grad_enabled()):
-            return hard  # nothing to differentiate: skip the SoftSort pass
-        soft = _softsort(scores, self.config.temperature, self.config.power)
-        return hard + (soft - soft.detach())
-
-
 class SoftSortSorter(Sorter):
     """SoftSort (Prillo & Eisenschlos, ICML 2020): P = softmax(-|sort(s) 1^T - 1 s^T|^p / tau).
 
@@ -171,6 +137,32 @@ class SoftSortSorter(Sorter):
 
     def _sort(self, scores: torch.Tensor) -> torch.Tensor:
         return _softsort(scores, self.config.temperature, self.config.power)
+
+
+class ExactSorter(SoftSortSorter):
+    """Hard permutation matrix; straight-through gradient of SoftSort.
+
+    Forward: P is exactly the one-hot of ``torch.argsort(scores, descending=True, stable=True)``
+    (ties keep index order). Backward: straight-through estimator
+    ``P = hard + (soft - soft.detach())``, with ``soft`` the SoftSort relaxation at this
+    ``temperature`` and ``power`` (the ``hard=True`` mode of the SoftSort authors' code). The
+    forward value is the hard matrix bit for bit; the gradient is SoftSort's. The temperature
+    only shapes the gradient.
+    """
+
+    name = "exact"
+    summary = "Exact permutation (argsort), straight-through gradient of SoftSort"
+
+    # Config (temperature, power) and checks are SoftSort's: here they shape the gradient only
+
+    def _sort(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        hard = _hard_permutation(scores)
+        if not (scores.requires_grad and torch.is_grad_enabled()):
+            return hard  # nothing to differentiate: skip the SoftSort pass
+        soft = _softsort(scores, self.config.temperature, self.config.power)
+        return hard + (soft - soft.detach())
 
 
 class NeuralSortSorter(Sorter):

@@ -11,11 +11,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("torchvision")
 
-import hashbench  # noqa: E402
 import hashbench.baselines.cibhash as cibhash_plugin  # noqa: E402
-from hashbench import registry as registry_module  # noqa: E402
 from hashbench.baselines.cibhash import CIBHash  # noqa: E402
 from hashbench.baselines.cibhash.model import train_codes  # noqa: E402
+
+import hashbench  # noqa: E402
+from hashbench import registry as registry_module  # noqa: E402
 from hashbench.components import Split  # noqa: E402
 from hashbench.config import Experiment, parse_set  # noqa: E402
 from hashbench.errors import HashbenchError  # noqa: E402

@@ -9,9 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
-import hashbench
-from hashbench import registry as registry_module
 from hashbench.baselines import bihalf as bihalf_plugin
 from hashbench.baselines import greedyhash as greedyhash_plugin
 from hashbench.baselines.bihalf import BiHalf
@@ -24,6 +21,9 @@ from hashbench.baselines.greedyhash.layers import (
     sign_ste,
     similarity_preservation,
 )
+
+import hashbench
+from hashbench import registry as registry_module
 from hashbench.components import build_config
 from hashbench.errors import HashbenchError
 

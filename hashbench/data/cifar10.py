@@ -22,7 +22,7 @@ from ..components import Split, Splits
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol, published_by_bits
-from .splits import per_class_sample
+from .splits import PerClassConfig, per_class_sample, standard_split
 
 FOLDER = "cifar10"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -129,12 +129,7 @@ class _Cifar10(ImageProtocol):
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
     )
 
-    @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
-        queries_per_class: int = 100
-        train_per_class: int = 500
-        val_per_class: int = 100
+    Config = PerClassConfig
 
     def locate(self) -> Path:
         """The extracted ``cifar-10-batches-py`` folder (preferred) or the ``.tar.gz`` archive."""
@@ -216,13 +211,7 @@ class Cifar10(_Cifar10):
     )
 
     def split_ids(self, y, n_train, rng):
-        cfg = self.config
-        everything = np.arange(len(y), dtype=np.int64)
-        query = per_class_sample(y, everything, cfg.queries_per_class, rng)
-        database = np.setdiff1d(everything, query)
-        train = per_class_sample(y, database, cfg.train_per_class, rng)
-        val = per_class_sample(y, np.setdiff1d(database, train), cfg.val_per_class, rng)
-        return train, val, query, database
+        return standard_split(y, self.config)
 
 
 class Cifar10_1k54k(_Cifar10):

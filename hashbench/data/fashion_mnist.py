@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +13,7 @@ from ..components import Split, Splits
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol
-from .splits import per_class_sample
+from .splits import PerClassConfig, standard_split
 
 FOLDER = "fashion-mnist"
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian/Ubuntu: apt install dataset-fashion-mnist
@@ -101,12 +100,7 @@ class FashionMNIST(ImageProtocol):
     system_dirs: ClassVar[tuple[Path, ...]] = (SYSTEM_DIR,)
     url: ClassVar[str] = URL
 
-    @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
-        queries_per_class: int = 100
-        train_per_class: int = 500
-        val_per_class: int = 100
+    Config = PerClassConfig
 
     def _search(self) -> list[Path]:
         return roots.search_dirs(FOLDER, self.system_dirs)
@@ -164,13 +158,7 @@ class FashionMNIST(ImageProtocol):
 
     def load(self) -> Splits:
         x, y = self.read()
-        cfg = self.config
-        rng = np.random.default_rng(cfg.split_seed)
-        everything = np.arange(len(y), dtype=np.int64)
-        query = per_class_sample(y, everything, cfg.queries_per_class, rng)
-        database = np.setdiff1d(everything, query)
-        train = per_class_sample(y, database, cfg.train_per_class, rng)
-        val = per_class_sample(y, np.setdiff1d(database, train), cfg.val_per_class, rng)
+        train, val, query, database = standard_split(y, self.config)
 
         def split(ids: np.ndarray) -> Split:
             return Split(x=x[ids], labels=y[ids], index=ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import HashbenchError
@@ -23,3 +25,29 @@ def per_class_sample(labels: np.ndarray, pool: np.ndarray, per_class: int, rng: 
             )
         drawn.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(drawn)) if drawn else np.empty(0, np.int64)
+
+
+@dataclass(frozen=True)
+class PerClassConfig:
+    """Parameters of a class-balanced protocol: the split seed and the items per class drawn."""
+
+    split_seed: int = 0
+    queries_per_class: int = 100
+    train_per_class: int = 500
+    val_per_class: int = 100
+
+
+def standard_split(labels: np.ndarray, cfg: PerClassConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The common CIFAR-10 "1k/59k" recipe over a whole collection, seeded by ``cfg.split_seed``.
+
+    Queries ``queries_per_class`` per class from everything; database = all but the queries;
+    train ``train_per_class`` per class from the database; validation ``val_per_class`` per class
+    from the database minus train. Returns int64 ids (train, val, query, database), sorted.
+    """
+    rng = np.random.default_rng(cfg.split_seed)
+    everything = np.arange(len(labels), dtype=np.int64)
+    query = per_class_sample(labels, everything, cfg.queries_per_class, rng)
+    database = np.setdiff1d(everything, query)
+    train = per_class_sample(labels, database, cfg.train_per_class, rng)
+    val = per_class_sample(labels, np.setdiff1d(database, train), cfg.val_per_class, rng)
+    return train, val, query, database
