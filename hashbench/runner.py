@@ -184,17 +184,24 @@ def execute(task: RunTask) -> dict[str, Any]:
 def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False) -> None:
     """Check, before any run starts, what would otherwise fail every run of a dataset.
 
-    For each dataset with runs still to do: its data loads and its splits are disjoint, and each
-    backbone its features need is available (weights included). Raises HashbenchError.
+    For each dataset with runs still to do: its data loads and its splits are disjoint; and each
+    backbone those runs need (for features, or inside a deep method) is available, weights
+    included. Raises HashbenchError.
     """
     store = RunStore(results_dir)
     pending = [c for c in configs if force or not store.is_done(c.run_id)]
     for dataset, params in {(c.dataset, json.dumps(c.dataset_params, sort_keys=True)) for c in pending}:
         _load_splits(dataset, params)
-    for features in {json.dumps(c.features, sort_keys=True) for c in pending if c.features}:
-        spec = FeatureSpec.resolve(json.loads(features))
-        if spec.backbone is not None:
-            registry("backbone").create(spec.backbone, pretrained=spec.pretrained, input_size=spec.input_size)
+    backbones = set()
+    for c in pending:
+        if c.features and c.features.get("backbone") is not None:
+            spec = FeatureSpec.resolve(c.features)
+            backbones.add((spec.backbone, spec.pretrained, spec.input_size))
+        elif "backbone" in c.method_params:  # a deep method's own backbone
+            p = c.method_params
+            backbones.add((p["backbone"], p.get("pretrained", False), p.get("input_size")))
+    for name, pretrained, input_size in sorted(backbones, key=str):
+        registry("backbone").create(name, pretrained=pretrained, input_size=input_size)
 
 
 def run_grid(

@@ -173,3 +173,11 @@ def test_preflight_refuses_a_leaking_protocol_before_any_run(with_plugin, cli, t
     assert code == 2
     assert "splits 'query' and 'database' must be disjoint" in one_line_error(err)
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+
+
+def test_preflight_checks_a_deep_methods_backbone(plugins, cli, tmp_path, monkeypatch, one_line_error):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli("run", "--methods", "cibhash", "--datasets", "tiny-images", "--bits", "8", "--seeds", "0",
+                       "--set", "cibhash.backbone=resnet18", "--results-dir", str(tmp_path), "--no-progress")
+    assert code == 2
+    assert "backbone resnet18: no pretrained weights available offline" in one_line_error(err)
