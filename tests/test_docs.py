@@ -1,0 +1,44 @@
+"""The code in docs/plugins.md runs as written (the median-hash example is tested in test_registry)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+import hashbench
+from hashbench.components import Split
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+def _deep_example(monkeypatch) -> types.ModuleType:
+    block = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+                 if "DeepHashMethod" in b)
+    module = types.ModuleType("tanh_contrast_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(block, str(DOC), "exec"), module.__dict__)
+    return module
+
+
+def test_deep_method_example_trains_through_the_shared_loop(with_plugin, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    example = _deep_example(monkeypatch)
+    with_plugin(register_methods=lambda: example.register_methods())
+    method = hashbench.create("method", "tanh-contrast", bits=8, seed=0, backbone="resnet18",
+                              pretrained=False, input_size=32, epochs=2, batch_size=8, bank_views=2,
+                              val_every=1, patience=0, quantization_weight=0.5)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(24, 16, 16, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(4), 6)
+    ids = np.arange(24)
+    method.workdir = tmp_path
+    method.fit(Split(x[:16], y[:16], ids[:16]), Split(x[16:], y[16:], ids[16:]))
+    codes = method.encode(x)
+    assert codes.dtype == bool and codes.shape == (24, 8)
+    log = method.report()
+    assert set(log["epochs"][-1]["terms"]) == {"nt_xent", "quantization"}
+    assert method.term_weights() == {"quantization": 0.5}
