@@ -1,4 +1,4 @@
-"""The ``hashbench`` command: run, table, evaluate, list.
+"""The ``hashbench`` command: run, ablate, table, evaluate, list.
 
 Bad input (an unknown name, a wrong bit count, a malformed file) prints one line
 ``hashbench: ...`` and exits with code 2; a grid with failed runs exits with code 1.
@@ -37,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line and exit with code 2 (no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise HashbenchError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]  # "ablate" of "hashbench ablate"; main adds "hashbench: "
+        raise HashbenchError(f"{command}: {message}" if command else message)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -124,6 +125,45 @@ def cmd_run(args: argparse.Namespace) -> int:
         markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables")
         print(markdown)
         print(f"hashbench: tables written to {paths[0].parent}", file=sys.stderr)
+    return 1 if counts.get("failed") else 0
+
+
+# ----------------------------------------------------------------------------- ablate
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import plan_ablation, read_records, write_ablation_table
+    from .runner import preflight, run_grid
+    from .tables import check_metric
+
+    if args.data_root:
+        os.environ["HASHBENCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
+    registry("method").get(args.method)  # unknown method: one-line error first
+    check_metric(args.metric)
+    experiment, settings = build_experiment(argparse.Namespace(**{**vars(args), "methods": args.method}))
+    ablation = plan_ablation(args.method, args.vary, experiment, fixed=parse_set(args.set or []))
+    configs = ablation.configs
+    registry("executor").get(settings["executor"])
+    results_dir = Path(settings["results_dir"])
+    preflight(configs, results_dir, force=args.force)
+    print(
+        f"hashbench: ablation of {args.method} over {', '.join(ablation.keys)}: {len(configs)} runs "
+        f"({len(ablation.settings)} settings x {len(experiment.datasets)} datasets x {len(experiment.bits)} "
+        f"bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
+        file=sys.stderr,
+    )
+    summaries = run_grid(configs, results_dir, settings["executor"], force=args.force,
+                         progress=not args.no_progress)
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    print("hashbench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
+    for s in summaries:
+        if s["status"] == "failed":
+            print(f"hashbench: failed {s['run_id']}: {s['error']}", file=sys.stderr)
+    markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir),
+                                          results_dir / "tables", args.metric)
+    print(markdown)
+    print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 1 if counts.get("failed") else 0
 
 
@@ -252,6 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-table", action="store_true", help="do not rewrite the tables afterwards")
     run.set_defaults(func=cmd_run)
+
+    ablate = sub.add_parser("ablate", help="run one method with config fields varied; write an ablation table")
+    ablate.add_argument("method", metavar="METHOD", help="the method to ablate (hashbench list methods)")
+    ablate.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2,...",
+                        help="a config field of METHOD and its values, read as YAML scalars, e.g. "
+                        "iterations=0,5,50; several --vary give the cross product")
+    ablate.add_argument("-c", "--config", help="YAML experiment file for datasets, bits, seeds, features "
+                        f"(default: {DEFAULT_EXPERIMENT}); its methods are ignored")
+    ablate.add_argument("--datasets", help="comma-separated dataset names (default: the experiment's)")
+    ablate.add_argument("--bits", help="comma-separated code lengths (default: the experiment's)")
+    ablate.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
+    ablate.add_argument("--backbone", help="features of a shallow METHOD on image datasets: a timm model "
+                        "name, or 'none' for raw pixels (default: the experiment's)")
+    ablate.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
+                        help="backbone weights: the backbone's pretrained source, none, or a weights file")
+    ablate.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
+    ablate.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
+    ablate.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE",
+                        help="a parameter fixed in every setting, e.g. cibhash.epochs=5 (repeatable)")
+    ablate.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    ablate.add_argument("--executor", help="executor name (default: local)")
+    ablate.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
+    ablate.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ablate.set_defaults(func=cmd_ablate)
 
     table = sub.add_parser("table", help="aggregate run records into comparison tables")
     table.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,9 @@ def split_overrides(overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_set(assignments: list[str]) -> dict[str, Any]:
     """Parse ``["itq.iterations=100", "digits.split_seed=1"]``; values are read as YAML scalars."""
     out: dict[str, Any] = {}
@@ -154,9 +158,12 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
         if not eq or not key.strip():
             raise HashbenchError(f"--set expects NAME.param=VALUE, got '{item}'")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise HashbenchError(f"--set {key}: cannot read value '{raw}'") from None
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        out[key.strip()] = value
     return out
 
 

@@ -100,11 +100,26 @@ class RunStore:
             warnings.warn(f"unreadable record {path} ({exc}); moved to {target}", RecordWarning, stacklevel=2)
             return None
 
+    def peek(self, run_id: str) -> dict[str, Any] | None:
+        """The record of ``run_id`` if there is a readable one; reads only, moves nothing.
+
+        An unreadable record gives a RecordWarning naming it, then None.
+        """
+        path = self.path(run_id)
+        if not path.exists():
+            return None
+        try:
+            return _read_json(path)
+        except UnreadableRecord as exc:
+            warnings.warn(f"unreadable record {path} ({exc}); skipped", RecordWarning, stacklevel=2)
+            return None
+
     def is_done(self, run_id: str) -> bool:
         """Whether a readable record with status ``done`` exists (reads only; moves nothing)."""
+        path = self.path(run_id)
         try:
-            return _read_json(self.path(run_id)).get("status") == "done"
-        except (UnreadableRecord, FileNotFoundError):
+            return path.exists() and _read_json(path).get("status") == "done"
+        except UnreadableRecord:
             return False
 
     def write(self, record: dict[str, Any]) -> Path:

@@ -62,26 +62,31 @@ def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     ``method`` and ``protocol_variant`` carry the parameters that differ from the defaults;
     ``dataset`` adds how images became features, so different inputs never share a column.
     """
-    rows = []
-    for rec in records:
-        if rec.get("status") != "done":
-            continue
-        cfg = rec["config"]
-        variant = _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset")
-        label = input_label(cfg)
-        rows.append({
-            "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
-            "dataset": f"{variant} ({label})" if label else variant,
-            "protocol_variant": variant,
-            "protocol": cfg["dataset"],
-            "bits": int(cfg["bits"]),
-            "seed": int(cfg["seed"]),
-            "run_id": rec["run_id"],
-            "topk": rec.get("metrics", {}).get("topk"),
-            **{m: rec.get("metrics", {}).get(m) for m in METRICS},
-        })
-    return pd.DataFrame(rows, columns=["method", "dataset", "protocol_variant", "protocol", "bits", "seed",
-                                       "run_id", "topk", *METRICS])
+    rows = [record_row(rec) for rec in records if rec.get("status") == "done"]
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+FRAME_COLUMNS = ["method", "dataset", "protocol_variant", "protocol", "bits", "seed", "run_id", "topk", *METRICS]
+
+
+def record_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """The row of :func:`records_frame` for one record, whatever its status (a failed run's
+    metrics are None)."""
+    cfg = rec["config"]
+    variant = _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset")
+    label = input_label(cfg)
+    metrics = rec.get("metrics") or {}
+    return {
+        "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
+        "dataset": f"{variant} ({label})" if label else variant,
+        "protocol_variant": variant,
+        "protocol": cfg["dataset"],
+        "bits": int(cfg["bits"]),
+        "seed": int(cfg["seed"]),
+        "run_id": rec["run_id"],
+        "topk": metrics.get("topk"),
+        **{m: metrics.get(m) for m in METRICS},
+    }
 
 
 def cutoffs(frame: pd.DataFrame) -> str:
@@ -93,14 +98,28 @@ def cutoffs(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def summary_frame(frame: pd.DataFrame, metric: str = "map") -> pd.DataFrame:
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise HashbenchError(f"unknown metric '{metric}' (metrics: {', '.join(METRICS)})")
+    return metric
+
+
+def check_formats(formats: Iterable[str]) -> list[str]:
+    formats = list(formats)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise HashbenchError(f"unknown table format '{fmt}' (formats: {', '.join(FORMATS)})")
+    return formats
+
+
+def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = True) -> pd.DataFrame:
     """Long table: source, method, dataset, bits, n (seeds), mean, std, best.
 
     ``best`` marks the highest measured mean per (dataset, bits); published rows come from the
-    protocols' ``published`` tables, for the datasets that have measured runs.
+    protocols' ``published`` tables, for the datasets that have measured runs (none if not
+    ``published``).
     """
-    if metric not in METRICS:
-        raise HashbenchError(f"unknown metric '{metric}' (metrics: {', '.join(METRICS)})")
+    check_metric(metric)
     columns = ["source", "method", "dataset", "bits", "n", "mean", "std", "best"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -110,20 +129,20 @@ def summary_frame(frame: pd.DataFrame, metric: str = "map") -> pd.DataFrame:
     measured.insert(0, "source", MEASURED)
     top = measured.groupby(["dataset", "bits"])["mean"].transform("max")
     measured["best"] = measured["mean"] >= top - 1e-12
-    published = []
+    published_rows = []
     datasets = registry("dataset")
     for variant, protocol in frame[["protocol_variant", "protocol"]].drop_duplicates().itertuples(index=False):
-        if variant != protocol or protocol not in datasets or metric != "map":
+        if not published or variant != protocol or protocol not in datasets or metric != "map":
             continue  # published numbers belong to the default protocol only, and report mAP
         cls = datasets.get(protocol)
         bits_run = set(frame.loc[frame["protocol_variant"] == variant, "bits"])
         for method, by_bits in cls.published.items():
             for bits, value in by_bits.items():
                 if int(bits) in bits_run:
-                    published.append({"source": PUBLISHED, "method": method, "dataset": protocol,
+                    published_rows.append({"source": PUBLISHED, "method": method, "dataset": protocol,
                                       "bits": int(bits), "n": 0, "mean": float(value),
                                       "std": float("nan"), "best": False})
-    out = pd.concat([measured, pd.DataFrame(published, columns=columns)], ignore_index=True)
+    out = pd.concat([measured, pd.DataFrame(published_rows, columns=columns)], ignore_index=True)
     return out[columns].sort_values(["source", "dataset", "bits", "method"], ignore_index=True)
 
 
@@ -133,10 +152,19 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.4f}" if n else f"{mean:.3f}"
 
 
-def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text: text) -> pd.DataFrame:
+def column_order(key: tuple[str, str, int]) -> tuple[bool, str, int]:
+    """Measured columns first, then by dataset and bits."""
+    return key[0] != MEASURED, key[1], key[2]
+
+
+def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text: text,
+               rows: list[str] | None = None,
+               columns: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
     """Rows: methods; columns: (block, dataset, bits) with block 'measured' or 'published'.
 
-    Cells are ``escape``d, then the best measured ones wrapped in ``bold``.
+    Cells are ``escape``d, then the best measured ones wrapped in ``bold``; a missing one is "–".
+    ``rows`` and ``columns``, when given, fix the rows and columns and their order (by default:
+    those of ``summary``, measured methods first, sorted).
     """
     cells: dict[tuple[str, str, int], dict[str, str]] = {}
     for row in summary.itertuples(index=False):
@@ -144,22 +172,24 @@ def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text:
         if row.best:
             text = bold[0] + text + bold[1]
         cells.setdefault((row.source, row.dataset, row.bits), {})[row.method] = text
-    if not cells:
+    if not cells and rows is None and columns is None:
         return pd.DataFrame()
-    keys = sorted(cells, key=lambda k: (k[0] != MEASURED, k[1], k[2]))
-    measured_methods = sorted(summary.loc[summary["source"] == MEASURED, "method"].unique())
-    other = sorted(set(summary["method"]) - set(measured_methods))
-    table = pd.DataFrame(index=measured_methods + other, columns=pd.MultiIndex.from_tuples(keys))
+    keys = list(columns) if columns is not None else sorted(cells, key=column_order)
+    if rows is None:
+        measured_methods = sorted(summary.loc[summary["source"] == MEASURED, "method"].unique())
+        rows = measured_methods + sorted(set(summary["method"]) - set(measured_methods))
+    table = pd.DataFrame(index=list(rows), columns=pd.MultiIndex.from_tuples(keys))
     for key in keys:
-        for method, text in cells[key].items():
+        for method, text in cells.get(key, {}).items():
             table.loc[method, key] = text
     return table.fillna(escape("–"))
 
 
-def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "") -> str:
+def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "", corner: str = "method") -> str:
+    """``corner``: the header of the row-label column."""
     if table.empty:
         return f"_no finished runs_ ({metric})\n"
-    header = ["method"] + [
+    header = [corner] + [
         f"{dataset} {bits}b" + (" (published)" if block == PUBLISHED else "")
         for block, dataset, bits in table.columns
     ]
@@ -180,7 +210,7 @@ def _latex_escape(text: str) -> str:
     return text.replace("±", r"$\pm$").replace("–", "--")
 
 
-def to_latex(table: pd.DataFrame, metric: str) -> str:
+def to_latex(table: pd.DataFrame, metric: str, corner: str = "method") -> str:
     if table.empty:
         return f"% no finished runs ({metric})\n"
     groups: list[tuple[str, int]] = []
@@ -194,7 +224,7 @@ def to_latex(table: pd.DataFrame, metric: str) -> str:
         r"\begin{tabular}{l" + "c" * len(table.columns) + "}",
         r"\toprule",
         " & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_latex_escape(label)}}}" for label, n in groups) + r" \\",
-        "method & " + " & ".join(f"{bits} bits" for _, _, bits in table.columns) + r" \\",
+        _latex_escape(corner) + " & " + " & ".join(f"{bits} bits" for _, _, bits in table.columns) + r" \\",
         r"\midrule",
     ]
     for method, row in table.iterrows():
@@ -212,24 +242,25 @@ def published_sources(summary: pd.DataFrame) -> str:
 def write_tables(records: Iterable[dict[str, Any]], out_dir: str | Path, metric: str = "map",
                  formats: Iterable[str] = FORMATS) -> tuple[str, list[Path]]:
     """Write ``<metric>.md|.csv|.tex`` under ``out_dir``; returns the Markdown text and the paths."""
-    formats = list(formats)
-    for fmt in formats:
-        if fmt not in FORMATS:
-            raise HashbenchError(f"unknown table format '{fmt}' (formats: {', '.join(FORMATS)})")
+    formats = check_formats(formats)
     frame = records_frame(records)
     summary = summary_frame(frame, metric)
     markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame))
+    renderers = {
+        "md": lambda: markdown,
+        "csv": lambda: summary.to_csv(index=False),
+        "latex": lambda: to_latex(wide_table(summary, (r"\textbf{", "}"), _latex_escape), metric),
+    }
+    return markdown, write_formats(out_dir, metric, formats, renderers)
+
+
+def write_formats(out_dir: str | Path, stem: str, formats: Iterable[str], renderers: dict[str, Any]) -> list[Path]:
+    """Write ``<stem>.md|.csv|.tex`` under ``out_dir``, each text from ``renderers[fmt]()``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for fmt in formats:
-        path = out_dir / f"{metric}.{SUFFIX[fmt]}"
-        if fmt == "md":
-            text = markdown
-        elif fmt == "csv":
-            text = summary.to_csv(index=False)
-        else:
-            text = to_latex(wide_table(summary, (r"\textbf{", "}"), _latex_escape), metric)
-        path.write_text(text)
+    for fmt in check_formats(formats):
+        path = out_dir / f"{stem}.{SUFFIX[fmt]}"
+        path.write_text(renderers[fmt]())
         written.append(path)
-    return markdown, written
+    return written

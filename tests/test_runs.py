@@ -57,8 +57,8 @@ def test_grid_rejects_bad_input(bad, message):
 
 
 def test_parse_set_reads_yaml_scalars():
-    assert parse_set(["itq.iterations=100", "a.b=0.5", "a.c=true", "a.d=softsort"]) == {
-        "itq.iterations": 100, "a.b": 0.5, "a.c": True, "a.d": "softsort"}
+    assert parse_set(["itq.iterations=100", "a.b=0.5", "a.c=true", "a.d=softsort", "a.e=1e-3"]) == {
+        "itq.iterations": 100, "a.b": 0.5, "a.c": True, "a.d": "softsort", "a.e": 0.001}
     with pytest.raises(HashbenchError):
         parse_set(["itq.iterations"])
 
