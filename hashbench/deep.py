@@ -46,7 +46,7 @@ class TrainConfig:
     frozen: bool = True
     augment: str = "light"
     bank_views: int = 8
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0

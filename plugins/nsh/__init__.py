@@ -1,0 +1,183 @@
+"""NSH: Naturally-Sorted Hashing (Yu et al., "Learning to Hash Naturally Sorts", IJCAI 2022,
+arXiv 2201.13322). No official code is public; the reference for details is
+kamwoh/sdc's re-implementation (the BMVC 2023 unified codebase).
+
+Data flow (paper, Fig. 2): the shared encoder (hashbench's backbone) feeds two heads (see
+:class:`loss.NSHHead`): relaxed codes b = tanh(Linear(F, bits)(f)) and latents
+z = normalize(Linear(F, latent_dim)(f)). For the two views of a batch: code similarity
+``S = b1 b2^T / (2 bits) + 0.5`` (B, B) (= 1 - Hamming / bits for +-1 codes); a sorter of the
+``sorter`` registry turns each row of S into a soft permutation P (B, B, B), descending (rank
+0 = most similar); the soft gather ``E = P z1`` (B, B, d) orders the view-1 latents by code
+similarity to each anchor; ``c[i, r] = cos(E[i, r], z2[i]) / temperature``; SortedNCE
+(:func:`loss.sorted_nce`: the first ``positives`` ranks are positives, the rest negatives, ONE
+softmax: the public re-implementations' double softmax is a bug not copied) plus the
+quantization error MSE(b, sign b). As in sdc, row i of S ranks items j by sim(b1_i, b2_j),
+gathers the view-1 latents z1_j and compares them with z2_i.
+
+The ranking loss reaches the hash head only through the sorter (P depends on S, S on the
+codes): with ``sorter="exact"`` through SoftSort's straight-through gradient.
+
+Defaults, and where they come from:
+
+* from kamwoh/sdc (``configs/model/nsh.yaml``, ``models/loss/nsh.py``, ``models/arch/nsh.py``):
+  the heads (Linear+tanh; Linear to ``latent_dim`` = 1024 + L2 norm); SoftSort with temperature
+  1/bits (``sort_temperature=None``); ``positives`` m = 2 (also DimpleCrq/NSH); SortedNCE
+  temperature 0.3 (sdc's config; its loss's default and DimpleCrq's is 0.1); quantization term
+  MSE(b, sign b) over both views with weight 1 (sdc's ``quan: 1``; the paper's form is unknown);
+  a frozen backbone;
+* hashbench's: cos(E[i, r], z2[i]) normalizes E (sdc takes the dot product E . z2 with an
+  unnormalized E; equal for an exact permutation, where every E[i, r] is a unit latent);
+* adapted to the default CPU protocol (as the other deep methods): backbone ResNet-50/VGG-16 ->
+  the offline ImageNet tf_efficientnet_lite0 at 64 px (1280-d) with its view bank
+  (``bank_views=8``, ``augment="light"``; sdc: MoCo-v2 augmentations, ``augment="mocov2"``);
+  Adam lr 1e-5 (weight decay 1e-5), batch 50, 200 epochs -> :class:`TrainConfig`'s Adam lr
+  1e-3, cosine schedule, batch 64, 20 epochs, validation every 5 with patience 3.
+
+Batches smaller than ``positives + 1``: the loop's batches are all ``batch_size`` items except
+when the training split itself is smaller (one batch of all N >= 2 items); the config requires
+1 <= positives <= batch_size - 1, and at run time m is clamped to B - 1 for a batch of B
+(at least one negative).
+
+torch is imported inside methods only: the registry imports this module at every command.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hashbench import create, hookimpl
+from hashbench.deep import DeepHashMethod, TrainConfig
+from hashbench.errors import HashbenchError
+
+#: SortedNCE and quantization: the names of the objective's terms
+TERMS = ("sorted_nce", "quantization")
+
+
+class NSH(DeepHashMethod):
+    """Naturally-Sorted Hashing (see the module docstring).
+
+    Terms ``sorted_nce`` (weight 1) and ``quantization`` (weight ``quantization_weight``);
+    test codes ``tanh(Linear(f)) >= 0``. Config fields besides :class:`TrainConfig`'s:
+
+    * ``sorter`` = "softsort": any registered sorter (``hashbench list sorters``: exact,
+      softsort, neuralsort, torchsort);
+    * ``sort_temperature`` = None: the sorter's ``parameter`` (temperature, or torchsort's
+      regularization_strength); None = 1 / bits (sdc's SoftSort temperature);
+    * ``positives`` = 2: m, the ranks of each list taken as positives (1 <= m <= batch_size - 1);
+    * ``temperature`` = 0.3: tau of SortedNCE;
+    * ``latent_dim`` = 1024: size of the latent head;
+    * ``quantization_weight`` = 1.0: weight of MSE(b, sign b) (0 drops it).
+    """
+
+    name = "nsh"
+    summary = "NSH: Naturally-Sorted Hashing, SortedNCE through a differentiable sorter (Yu et al., IJCAI 2022)"
+
+    @dataclass(frozen=True)
+    class Config(TrainConfig):
+        sorter: str = "softsort"
+        sort_temperature: float | None = None
+        positives: int = 2
+        temperature: float = 0.3
+        latent_dim: int = 1024
+        quantization_weight: float = 1.0
+
+        def __post_init__(self) -> None:
+            parent = getattr(super(), "__post_init__", None)
+            if parent is not None:
+                parent()
+            owner = "method nsh"
+            from hashbench.registry import registry
+
+            try:
+                registry("sorter").entry(self.sorter)
+            except HashbenchError as exc:
+                raise HashbenchError(f"{owner}: {exc}") from None
+            t = self.sort_temperature
+            if t is not None and not (math.isfinite(t) and t > 0):
+                raise HashbenchError(f"{owner}: sort_temperature must be a finite number > 0 or None, got {t}")
+            if not (1 <= self.positives <= self.batch_size - 1):
+                raise HashbenchError(
+                    f"{owner}: positives must be in [1, batch_size - 1] = [1, {self.batch_size - 1}], "
+                    f"got {self.positives}"
+                )
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
+                raise HashbenchError(f"{owner}: temperature must be a finite number > 0, got {self.temperature}")
+            if self.latent_dim < 1:
+                raise HashbenchError(f"{owner}: latent_dim must be >= 1, got {self.latent_dim}")
+            w = self.quantization_weight
+            if not (math.isfinite(w) and w >= 0):
+                raise HashbenchError(f"{owner}: quantization_weight must be a finite number >= 0, got {w}")
+
+    def __init__(self, bits: int, seed: int = 0, **params: Any) -> None:
+        super().__init__(bits, seed, **params)
+        # built now, so that a bad parameter or a missing torchsort fails before training
+        self._sorter = create("sorter", self.config.sorter, **{self.sort_parameter: self.sort_temperature})
+        self._quantization = create("loss", "quantization")
+
+    # ---- pieces --------------------------------------------------------------------------
+    @property
+    def sort_parameter(self) -> str:
+        """The name of the sorter's temperature-like field (its class's ``parameter``)."""
+        from hashbench.registry import registry
+
+        return registry("sorter").get(self.config.sorter).parameter
+
+    @property
+    def sort_temperature(self) -> float:
+        """The value given to the sorter's parameter: ``sort_temperature``, else 1 / bits."""
+        t = self.config.sort_temperature
+        return 1.0 / self.bits if t is None else float(t)
+
+    @property
+    def sorter(self) -> Any:
+        """The sorter: scores (B, n) -> P (B, n, n), rank 0 = the largest score."""
+        return self._sorter
+
+    def build_head(self, feature_dim: int) -> Any:
+        from .loss import NSHHead
+
+        return NSHHead(feature_dim, self.bits, self.config.latent_dim)
+
+    def positives_for(self, batch: int) -> int:
+        """m for a batch of ``batch`` items: ``positives`` clamped to ``batch - 1``."""
+        return max(1, min(self.config.positives, batch - 1))
+
+    def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
+        """Terms ``sorted_nce`` and ``quantization`` (unweighted; see :meth:`term_weights`).
+
+        The similarity, sorter and losses run in float32 with autocast off (a bfloat16 S would
+        blur Hamming steps of 1/bits); the heads run under the loop's autocast.
+        """
+        import torch
+
+        from .loss import code_similarity, ranked_cosines, sorted_nce
+
+        batch = f1.shape[0]
+        b, z = head(torch.cat([f1, f2]))  # one pass over both views: the same rows, fewer calls
+        b1, b2, z1, z2 = b[:batch], b[batch:], z[:batch], z[batch:]
+        if batch < 2:
+            raise HashbenchError(f"method nsh: a batch needs at least 2 items (a negative), got {batch}")
+        with torch.autocast(device_type=b1.device.type, enabled=False):
+            b1, b2, z1, z2 = (t.float() for t in (b1, b2, z1, z2))
+            P = self.sorter(code_similarity(b1, b2))  # (B, B, B)
+            logits = ranked_cosines(P, z1, z2) / self.config.temperature
+            nce = sorted_nce(logits, self.positives_for(batch))
+            quantization = self._quantization(torch.cat([b1, b2]))["quantization"]
+        return {"sorted_nce": nce, "quantization": quantization}
+
+    def term_weights(self) -> dict[str, float]:
+        return {"sorted_nce": 1.0, "quantization": float(self.config.quantization_weight)}
+
+    def hash_codes(self, head: Any, f: Any) -> Any:
+        """bool (B, bits): the hash head's tanh output >= 0."""
+        import torch
+
+        with torch.no_grad():
+            return head.hash(f) >= 0
+
+
+@hookimpl
+def register_methods() -> list[type]:
+    return [NSH]
