@@ -95,8 +95,23 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
     return experiment, settings
 
 
+def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Namespace) -> dict[str, int]:
+    """Run the grid (``run`` and ``ablate`` alike); print the status counts and each failure."""
+    from .runner import run_grid
+
+    summaries = run_grid(configs, results_dir, executor, force=args.force, progress=not args.no_progress)
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    print("hashbench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
+    for s in summaries:
+        if s["status"] == "failed":
+            print(f"hashbench: failed {s['run_id']}: {s['error']}", file=sys.stderr)
+    return counts
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import preflight, run_grid
+    from .runner import preflight
     from .store import RunStore
     from .tables import write_tables
 
@@ -112,15 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"datasets x {len(experiment.bits)} bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    summaries = run_grid(configs, results_dir, settings["executor"], force=args.force,
-                         progress=not args.no_progress)
-    counts: dict[str, int] = {}
-    for s in summaries:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    print("hashbench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
-    for s in summaries:
-        if s["status"] == "failed":
-            print(f"hashbench: failed {s['run_id']}: {s['error']}", file=sys.stderr)
+    counts = _run_and_report(configs, results_dir, settings["executor"], args)
     if not args.no_table:
         markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables")
         print(markdown)
@@ -132,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import plan_ablation, read_records, write_ablation_table
-    from .runner import preflight, run_grid
+    from .runner import preflight
     from .tables import check_metric
 
     if args.data_root:
@@ -151,15 +158,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         f"bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    summaries = run_grid(configs, results_dir, settings["executor"], force=args.force,
-                         progress=not args.no_progress)
-    counts: dict[str, int] = {}
-    for s in summaries:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    print("hashbench: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
-    for s in summaries:
-        if s["status"] == "failed":
-            print(f"hashbench: failed {s['run_id']}: {s['error']}", file=sys.stderr)
+    counts = _run_and_report(configs, results_dir, settings["executor"], args)
     markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir),
                                           results_dir / "tables", args.metric)
     print(markdown)
