@@ -264,6 +264,27 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
+def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """The flags ``run`` and ``ablate`` share: the grid, its features, where and how it runs."""
+    parser.add_argument("-c", "--config", help=config_help)
+    parser.add_argument("--datasets", help=f"comma-separated dataset names (default: the experiment's, {DEFAULT_DATASET})")
+    parser.add_argument("--bits", help="comma-separated code lengths (default: the experiment's, %s)"
+                        % ",".join(map(str, DEFAULT_BITS)))
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the experiment's, %s)"
+                        % ",".join(map(str, DEFAULT_SEEDS)))
+    parser.add_argument("--backbone", help="features of shallow methods on image datasets: a timm model name, "
+                        "or 'none' for raw pixels (default: the experiment's)")
+    parser.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
+                        help="backbone weights: the backbone's pretrained source, none, or a weights file")
+    parser.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
+    parser.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
+    parser.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE", help=set_help)
+    parser.add_argument("--executor", help="executor name (default: local)")
+    parser.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
+    parser.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hashbench", description="Benchmark suite for learning to hash.")
     from . import __version__
@@ -272,23 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a grid of methods x datasets x bits x seeds")
-    run.add_argument("-c", "--config", help=f"YAML experiment file (default: {DEFAULT_EXPERIMENT}); CLI flags override it")
+    _add_grid_arguments(
+        run, f"YAML experiment file (default: {DEFAULT_EXPERIMENT}); CLI flags override it",
+        "override a method or dataset parameter, e.g. itq.iterations=100 (repeatable)")
     run.add_argument("--methods", help="comma-separated method names (default: every method that suits the datasets)")
-    run.add_argument("--datasets", help=f"comma-separated dataset names (default: {DEFAULT_DATASET})")
-    run.add_argument("--bits", help="comma-separated code lengths (default: %s)" % ",".join(map(str, DEFAULT_BITS)))
-    run.add_argument("--seeds", help="comma-separated seeds (default: %s)" % ",".join(map(str, DEFAULT_SEEDS)))
-    run.add_argument("--backbone", help="features of shallow methods on image datasets: a timm model name, "
-                     "or 'none' for raw pixels (default: the experiment's)")
-    run.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
-                     help="backbone weights: the backbone's pretrained source, none, or a weights file")
-    run.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
-    run.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
-    run.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE",
-                     help="override a method or dataset parameter, e.g. itq.iterations=100 (repeatable)")
-    run.add_argument("--executor", help="executor name (default: local)")
-    run.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
-    run.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-table", action="store_true", help="do not rewrite the tables afterwards")
     run.set_defaults(func=cmd_run)
 
@@ -297,24 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2,...",
                         help="a config field of METHOD and its values, read as YAML scalars, e.g. "
                         "iterations=0,5,50; several --vary give the cross product")
-    ablate.add_argument("-c", "--config", help="YAML experiment file for datasets, bits, seeds, features "
-                        f"(default: {DEFAULT_EXPERIMENT}); its methods are ignored")
-    ablate.add_argument("--datasets", help="comma-separated dataset names (default: the experiment's)")
-    ablate.add_argument("--bits", help="comma-separated code lengths (default: the experiment's)")
-    ablate.add_argument("--seeds", help="comma-separated seeds (default: the experiment's)")
-    ablate.add_argument("--backbone", help="features of a shallow METHOD on image datasets: a timm model "
-                        "name, or 'none' for raw pixels (default: the experiment's)")
-    ablate.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
-                        help="backbone weights: the backbone's pretrained source, none, or a weights file")
-    ablate.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
-    ablate.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
-    ablate.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE",
-                        help="a parameter fixed in every setting, e.g. cibhash.epochs=5 (repeatable)")
+    _add_grid_arguments(
+        ablate, f"YAML experiment file for datasets, bits, seeds, features (default: {DEFAULT_EXPERIMENT}); "
+        "its methods are ignored", "a parameter fixed in every setting, e.g. cibhash.epochs=5 (repeatable)")
     ablate.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
-    ablate.add_argument("--executor", help="executor name (default: local)")
-    ablate.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
-    ablate.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
-    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
     ablate.set_defaults(func=cmd_ablate)
 
     table = sub.add_parser("table", help="aggregate run records into comparison tables")

@@ -134,6 +134,15 @@ class Splits:
     query: Split
     database: Split
 
+    @classmethod
+    def from_ids(cls, x: Any, labels: np.ndarray, train: np.ndarray, val: np.ndarray,
+                 query: np.ndarray, database: np.ndarray) -> "Splits":
+        """The four splits of a collection held in memory, by item ids (int64 arrays into x)."""
+        def take(ids: np.ndarray) -> Split:
+            return Split(x=x[ids], labels=labels[ids], index=ids)
+
+        return cls(train=take(train), val=take(val), query=take(query), database=take(database))
+
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
 

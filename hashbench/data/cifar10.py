@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..components import Split, Splits
+from ..components import Splits
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol, published_by_bits
@@ -172,10 +172,7 @@ class _Cifar10(ImageProtocol):
         rng = np.random.default_rng(self.config.split_seed)
         train, val, query, database = self.split_ids(y, n_train, rng)
 
-        def split(ids: np.ndarray) -> Split:
-            return Split(x=x[ids], labels=y[ids], index=ids)
-
-        return Splits(train=split(train), val=split(val), query=split(query), database=split(database))
+        return Splits.from_ids(x, y, train, val, query, database)
 
 
 _PUBLISHED = {

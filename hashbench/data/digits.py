@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Split, Splits
+from ..components import Protocol, Splits
 from .splits import per_class_sample
 
 
@@ -53,7 +53,4 @@ class Digits(Protocol):
         database = np.setdiff1d(rest, val)
         train = per_class_sample(y, database, cfg.train_per_class, rng)
 
-        def split(ids: np.ndarray) -> Split:
-            return Split(x=x[ids], labels=y[ids], index=ids)
-
-        return Splits(train=split(train), val=split(val), query=split(query), database=split(database))
+        return Splits.from_ids(x, y, train, val, query, database)

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..components import Split, Splits
+from ..components import Splits
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol
@@ -160,7 +160,4 @@ class FashionMNIST(ImageProtocol):
         x, y = self.read()
         train, val, query, database = standard_split(y, self.config)
 
-        def split(ids: np.ndarray) -> Split:
-            return Split(x=x[ids], labels=y[ids], index=ids)
-
-        return Splits(train=split(train), val=split(val), query=split(query), database=split(database))
+        return Splits.from_ids(x, y, train, val, query, database)

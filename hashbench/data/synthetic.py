@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Split, Splits
+from ..components import Protocol, Splits
 
 
 class Synthetic(Protocol):
@@ -64,7 +64,4 @@ class Synthetic(Protocol):
         database = ids[position >= v_end]
         train = ids[(position >= v_end) & (position < v_end + cfg.train_per_class)]
 
-        def split(sel: np.ndarray) -> Split:
-            return Split(x=x[sel], labels=labels[sel], index=sel)
-
-        return Splits(train=split(train), val=split(val), query=split(query), database=split(database))
+        return Splits.from_ids(x, labels, train, val, query, database)
