@@ -20,6 +20,12 @@ Memory: a bank whose float32 size exceeds :data:`FLOAT16_ABOVE_BYTES` (1 GiB) is
 float16 (training casts each batch back to float32); one that would exceed
 :data:`MAX_BYTES` (4 GiB) even as float16 is not made, and training takes the unbanked path
 (the log says why). Clean features larger than MAX_BYTES are not cached: ``encode`` streams.
+
+One pass, several outputs: :func:`clean_outputs` and :func:`view_banks` compute every requested
+output kind ("pooled", "tokens") that is not cached yet in ONE backbone pass over the images
+and cache each under its own key (so a grid whose methods read pooled features and tokens pays
+for the backbone once; :func:`hashbench.runner.warm_caches` asks for the union before a grid).
+A value is the same whichever set of outputs its pass computed.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +47,7 @@ from .augment import RECIPE_VERSION, Augmenter, derive_seed
 from .data.images import ImageFiles, image_count, iter_image_batches
 from .data.roots import cache_root
 from .errors import HashbenchError
+from .models.backbones import OUTPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,7 +60,23 @@ BATCH_SIZE = 256
 FLOAT16_ABOVE_BYTES = 1 << 30
 #: no bank (and no cached clean features) larger than this in memory
 MAX_BYTES = 4 << 30
-OUTPUTS = ("pooled", "tokens")
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    """Frozen-backbone outputs that a run will read from this cache (what the runner warms).
+
+    The backbone (registry name, ``pretrained``, ``input_size``; built frozen), the ``output``
+    kind, the ``splits`` (names of the protocol's splits) whose clean outputs the run reads, and
+    ``bank``: (recipe, views) of a view bank of the train split, or None.
+    """
+
+    backbone: str
+    pretrained: bool | str
+    input_size: int | None
+    output: str
+    splits: tuple[str, ...] = ()
+    bank: tuple[str, int] | None = None
 
 
 def content_hash(x: Any) -> str:
@@ -85,21 +109,22 @@ def backbone_identity(backbone: Any) -> dict[str, Any]:
 
 def forward(backbone: Any, x: torch.Tensor, output: str) -> torch.Tensor:
     """Backbone outputs of a preprocessed batch (B, 3, S, S): pooled (B, F) or tokens (B, T, C)."""
-    if output == "pooled":
-        return backbone.features(x)
-    if output == "tokens":
-        return backbone.tokens(x)
-    raise HashbenchError(f"backbone output must be one of {', '.join(OUTPUTS)}, got '{output}'")
+    return backbone.outputs(x, (output,))[output]
 
 
-def output_shape(backbone: Any, output: str) -> tuple[int, ...]:
-    """Shape of one item's backbone output ((F,) or (T, C)), from a forward pass of zeros."""
+def output_shapes(backbone: Any, outputs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Shape of one item's backbone output per kind ((F,) or (T, C)), from a pass of zeros."""
     import torch
 
     h, w = backbone.input_size
     with torch.inference_mode():
-        out = forward(backbone, torch.zeros(1, 3, h, w), output)
-    return tuple(int(d) for d in out.shape[1:])
+        out = backbone.outputs(torch.zeros(1, 3, h, w), tuple(outputs))
+    return {k: tuple(int(d) for d in v.shape[1:]) for k, v in out.items()}
+
+
+def output_shape(backbone: Any, output: str) -> tuple[int, ...]:
+    """Shape of one item's backbone output ((F,) or (T, C))."""
+    return output_shapes(backbone, (output,))[output]
 
 
 def feature_batches(backbone: Any, x: Any, output: str = "pooled", batch_size: int = BATCH_SIZE,
@@ -156,43 +181,86 @@ def _load(folder: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return None
 
 
-def clean_features(backbone: Any, x: Any, output: str = "pooled", *, digest: str | None = None,
-                   progress: bool = True) -> tuple[np.ndarray | None, dict[str, Any]]:
+def _outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
+    names = (outputs,) if isinstance(outputs, str) else tuple(dict.fromkeys(outputs))
+    bad = [n for n in names if n not in OUTPUTS]
+    if bad or not names:
+        raise HashbenchError(f"backbone output must be one of {', '.join(OUTPUTS)}, got '{bad[0] if bad else ''}'")
+    return names
+
+
+def clean_outputs(backbone: Any, x: Any, outputs: Sequence[str], *, digest: str | None = None,
+                  progress: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
     """Backbone outputs of the unaugmented images ``x`` (frozen backbone), cached on disk.
 
-    Returns (float32 (N, F) or (N, T, C), info) with info ``{"key", "cache_hit"}``; or
-    (None, info with ``"reason"``) when they would exceed MAX_BYTES (callers stream with
-    :func:`feature_batches`). ``digest``: ``content_hash(x)`` if already known.
+    For each kind of ``outputs``: (float32 (N, F) or (N, T, C), info) with info ``{"key",
+    "cache_hit"}``; or (None, info with ``"reason"``) when it would exceed MAX_BYTES (callers
+    stream with :func:`feature_batches`). The kinds not cached yet are computed in one pass.
+    ``digest``: ``content_hash(x)`` if already known.
     """
     if not backbone.config.frozen:
         raise HashbenchError("clean features are cached for frozen backbones only")
+    names = _outputs(outputs)
     n = image_count(x)
-    shape = (n, *output_shape(backbone, output))
-    if 4 * math.prod(shape) > MAX_BYTES:
-        return None, {"key": None, "cache_hit": False, "reason": f"{shape} float32 exceeds {MAX_BYTES} bytes"}
-    identity = {"kind": "clean", "images": digest or content_hash(x), "output": output,
-                **backbone_identity(backbone)}
-    key = _key(identity)
-    folder = cache_root() / "features" / key
-    cached = _load(folder, shape)
-    if cached is not None:
-        return cached, {"key": key, "cache_hit": True}
-    desc = f"features of {n} images ({backbone.config.model})" if progress else None
-    parts = list(feature_batches(backbone, x, output, desc=desc))
-    feats = np.concatenate(parts) if parts else np.zeros(shape, np.float32)
-    _store(folder, np.arange(n, dtype=np.int64), feats, {**identity, "shape": list(shape)})
-    return feats, {"key": key, "cache_hit": False}
+    shapes = {k: (n, *v) for k, v in output_shapes(backbone, names).items()}
+    images = digest or content_hash(x)
+    result: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {}
+    todo: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for name in names:
+        shape = shapes[name]
+        if 4 * math.prod(shape) > MAX_BYTES:
+            result[name] = (None, {"key": None, "cache_hit": False,
+                                   "reason": f"{shape} float32 exceeds {MAX_BYTES} bytes"})
+            continue
+        identity = {"kind": "clean", "images": images, "output": name, **backbone_identity(backbone)}
+        key = _key(identity)
+        folder = cache_root() / "features" / key
+        cached = _load(folder, shape)
+        if cached is not None:
+            result[name] = (cached, {"key": key, "cache_hit": True})
+        else:
+            todo[name] = (folder, identity)
+            result[name] = (np.empty(shape, np.float32), {"key": key, "cache_hit": False})
+    if todo:
+        import torch
+        from tqdm.auto import tqdm
+
+        module = backbone.module
+        was_training = module.training
+        module.eval()
+        start = 0
+        try:
+            with torch.inference_mode():
+                for batch in tqdm(iter_image_batches(x, BATCH_SIZE), total=math.ceil(n / BATCH_SIZE),
+                                  disable=None if progress else True, unit="batch", leave=False,
+                                  desc=f"{'+'.join(todo)} of {n} images ({backbone.config.model})"):
+                    out = backbone.outputs(backbone.preprocess(batch), tuple(todo))
+                    stop = start + len(batch)
+                    for name in todo:
+                        result[name][0][start:stop] = out[name].float().cpu().numpy()
+                    start = stop
+        finally:
+            module.train(was_training)
+        for name, (folder, identity) in todo.items():
+            _store(folder, np.arange(n, dtype=np.int64), result[name][0], {**identity, "shape": list(shapes[name])})
+    return result
 
 
-def view_bank(backbone: Any, x: Any, recipe: str, views: int, output: str = "pooled", *,
-              digest: str | None = None, progress: bool = True) -> tuple[np.ndarray | None, dict[str, Any]]:
+def clean_features(backbone: Any, x: Any, output: str = "pooled", *, digest: str | None = None,
+                   progress: bool = True) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """One kind of :func:`clean_outputs`: (array or None, info)."""
+    return clean_outputs(backbone, x, (output,), digest=digest, progress=progress)[output]
+
+
+def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence[str], *,
+               digest: str | None = None, progress: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
     """Backbone outputs of ``views`` augmented views of each image of ``x`` (frozen backbone).
 
-    Returns (bank (N, views, F) or (N, views, T, C), float32 or float16, info) with info
-    ``{"key", "cache_hit", "views", "dtype", "recipe", "seed"}``; or (None, info with
-    ``"reason"``) when too large. View a of the images in batch j (BATCH_SIZE images, in order)
-    is augmented with seed ``derive_seed(BANK_SEED, a, j)``. Cached on disk; a progress bar
-    shows the computation.
+    For each kind of ``outputs``: (bank (N, views, F) or (N, views, T, C), float32 or float16,
+    info) with info ``{"key", "cache_hit", "views", "dtype", "recipe", "seed", "shape"}``; or
+    (None, info with ``"reason"``) when too large. View a of the images in batch j
+    (BATCH_SIZE images, in order) is augmented with seed ``derive_seed(BANK_SEED, a, j)``.
+    Cached on disk; the kinds not cached yet are computed in one pass (a progress bar shows it).
     """
     import torch
     from tqdm.auto import tqdm
@@ -201,39 +269,57 @@ def view_bank(backbone: Any, x: Any, recipe: str, views: int, output: str = "poo
         raise HashbenchError("a view bank needs a frozen backbone")
     if views < 2:
         raise HashbenchError(f"bank_views must be 0 (no bank) or >= 2, got {views}")
+    names = _outputs(outputs)
     augmenter = Augmenter(backbone, recipe)
     n = image_count(x)
-    shape = (n, int(views), *output_shape(backbone, output))
-    size32 = 4 * math.prod(shape)
-    dtype = np.float16 if size32 > FLOAT16_ABOVE_BYTES else np.float32
-    info: dict[str, Any] = {"views": int(views), "recipe": recipe, "seed": BANK_SEED,
-                            "dtype": np.dtype(dtype).name, "shape": list(shape)}
-    if size32 * np.dtype(dtype).itemsize // 4 > MAX_BYTES:
-        return None, {**info, "key": None, "cache_hit": False,
-                      "reason": f"bank {shape} {info['dtype']} exceeds {MAX_BYTES} bytes"}
-    identity = {"kind": "view-bank", "images": digest or content_hash(x), "output": output,
-                "recipe": recipe, "recipe_version": RECIPE_VERSION, "views": int(views),
-                "seed": BANK_SEED, "dtype": info["dtype"], **backbone_identity(backbone)}
-    key = _key(identity)
-    info["key"] = key
-    folder = cache_root() / "banks" / key
-    cached = _load(folder, shape)
-    if cached is not None:
-        return cached, {**info, "cache_hit": True}
-    bank = np.empty(shape, dtype=dtype)
-    module = backbone.module
-    module.eval()
-    start = 0
-    batches = iter_image_batches(x, BATCH_SIZE)
-    with torch.inference_mode():
-        for j, batch in enumerate(tqdm(batches, total=math.ceil(n / BATCH_SIZE), unit="batch",
-                                       disable=None if progress else True,
-                                       desc=f"view bank: {views} views of {n} images")):
-            unit = augmenter.unit(batch)
-            stop = start + len(unit)
-            for a in range(views):
-                view = augmenter.augment(unit, derive_seed(BANK_SEED, a, j))
-                bank[start:stop, a] = forward(backbone, view, output).float().cpu().numpy()
-            start = stop
-    _store(folder, np.arange(n, dtype=np.int64), bank, {**identity, "shape": list(shape)})
-    return bank, {**info, "cache_hit": False}
+    images = digest or content_hash(x)
+    result: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {}
+    todo: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for name, item in output_shapes(backbone, names).items():
+        shape = (n, int(views), *item)
+        size32 = 4 * math.prod(shape)
+        dtype = np.float16 if size32 > FLOAT16_ABOVE_BYTES else np.float32
+        info: dict[str, Any] = {"views": int(views), "recipe": recipe, "seed": BANK_SEED,
+                                "dtype": np.dtype(dtype).name, "shape": list(shape)}
+        if size32 * np.dtype(dtype).itemsize // 4 > MAX_BYTES:
+            result[name] = (None, {**info, "key": None, "cache_hit": False,
+                                   "reason": f"bank {shape} {info['dtype']} exceeds {MAX_BYTES} bytes"})
+            continue
+        identity = {"kind": "view-bank", "images": images, "output": name,
+                    "recipe": recipe, "recipe_version": RECIPE_VERSION, "views": int(views),
+                    "seed": BANK_SEED, "dtype": info["dtype"], **backbone_identity(backbone)}
+        key = _key(identity)
+        folder = cache_root() / "banks" / key
+        cached = _load(folder, shape)
+        if cached is not None:
+            result[name] = (cached, {**info, "key": key, "cache_hit": True})
+        else:
+            todo[name] = (folder, identity)
+            result[name] = (np.empty(shape, dtype=dtype), {**info, "key": key, "cache_hit": False})
+    if todo:
+        module = backbone.module
+        module.eval()
+        start = 0
+        with torch.inference_mode():
+            batches = iter_image_batches(x, BATCH_SIZE)
+            for j, batch in enumerate(tqdm(batches, total=math.ceil(n / BATCH_SIZE), unit="batch",
+                                           disable=None if progress else True,
+                                           desc=f"view bank ({'+'.join(todo)}): {views} views of {n} images")):
+                unit = augmenter.unit(batch)
+                stop = start + len(unit)
+                for a in range(views):
+                    view = augmenter.augment(unit, derive_seed(BANK_SEED, a, j))
+                    out = backbone.outputs(view, tuple(todo))
+                    for name in todo:
+                        result[name][0][start:stop, a] = out[name].float().cpu().numpy()
+                start = stop
+        for name, (folder, identity) in todo.items():
+            _store(folder, np.arange(n, dtype=np.int64), result[name][0],
+                   {**identity, "shape": list(result[name][0].shape)})
+    return result
+
+
+def view_bank(backbone: Any, x: Any, recipe: str, views: int, output: str = "pooled", *,
+              digest: str | None = None, progress: bool = True) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """One kind of :func:`view_banks`: (bank or None, info)."""
+    return view_banks(backbone, x, recipe, views, (output,), digest=digest, progress=progress)[output]

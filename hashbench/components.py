@@ -216,6 +216,12 @@ class HashMethod(Component):
         """What the run record keeps about training (e.g. per-epoch loss terms); {} if nothing."""
         return {}
 
+    def cache_reads(self) -> list[Any]:
+        """The frozen-backbone outputs that ``fit``/``encode`` will read from the disk cache
+        (:class:`hashbench.banks.CacheRead` items), so that the runner computes those of a whole
+        grid beforehand, one backbone pass per images. Default: none."""
+        return []
+
 
 # ----------------------------------------------------------------------------- executors
 

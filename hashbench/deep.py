@@ -46,7 +46,7 @@ class TrainConfig:
     frozen: bool = True
     augment: str = "light"
     bank_views: int = 8
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -93,6 +93,12 @@ class DeepHashMethod(HashMethod):
         from .train import encode
 
         return encode(self, getattr(self, "_state", None), x)
+
+    def cache_reads(self) -> list[Any]:
+        """The frozen-backbone outputs ``fit``/``encode`` will read (:class:`hashbench.banks.CacheRead`)."""
+        from .train import cache_reads
+
+        return cache_reads(self)
 
     def report(self) -> dict[str, Any]:
         state = getattr(self, "_state", None)

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .components import Splits
+from .components import SPLIT_NAMES, Splits
 from .config import RunConfig
 from .errors import HashbenchError
 from .evaluate import evaluate, pack_codes
@@ -204,6 +204,58 @@ def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool
         registry("backbone").create(name, pretrained=pretrained, input_size=input_size)
 
 
+def _cache_reads(config: RunConfig) -> list[Any]:
+    """The cache reads of one run: its backbone features, or its method's own (``cache_reads``)."""
+    from .banks import CacheRead
+
+    if config.features:
+        spec = FeatureSpec.resolve(config.features)
+        if spec.backbone is None:
+            return []
+        return [CacheRead(spec.backbone, spec.pretrained, spec.input_size, "pooled", splits=SPLIT_NAMES)]
+    method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    return list(method.cache_reads())
+
+
+def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
+                progress: bool = True) -> list[dict[str, Any]]:
+    """Compute, before a grid, the frozen-backbone outputs its pending runs will read.
+
+    Reads are grouped by dataset and backbone: each split's clean outputs of every kind the runs
+    need (pooled features, tokens) come from ONE backbone pass (:func:`hashbench.banks.clean_outputs`),
+    and so does each view bank (:func:`hashbench.banks.view_banks`). Cached results cost a disk
+    read. Returns what was done: [{dataset, backbone, what, outputs, cache_hit}].
+    """
+    from .banks import clean_outputs, view_banks
+
+    store = RunStore(results_dir)
+    groups: dict[tuple[Any, ...], dict[str, dict[Any, set[str]]]] = {}
+    for c in configs:
+        if not force and store.is_done(c.run_id):
+            continue
+        for read in _cache_reads(c):
+            key = (c.dataset, json.dumps(c.dataset_params, sort_keys=True), read.backbone,
+                   read.pretrained, read.input_size)
+            group = groups.setdefault(key, {"clean": {}, "banks": {}})
+            for split in read.splits:
+                group["clean"].setdefault(split, set()).add(read.output)
+            if read.bank is not None:
+                group["banks"].setdefault(tuple(read.bank), set()).add(read.output)
+    done: list[dict[str, Any]] = []
+    for (dataset, params, name, pretrained, input_size), group in groups.items():
+        _, splits = _load_splits(dataset, params)
+        backbone = registry("backbone").create(name, pretrained=pretrained, input_size=input_size, frozen=True)
+        for split, outputs in group["clean"].items():
+            got = clean_outputs(backbone, getattr(splits, split).x, sorted(outputs), progress=progress)
+            done.append({"dataset": dataset, "backbone": name, "what": f"clean {split}",
+                         "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+        for (recipe, views), outputs in group["banks"].items():
+            got = view_banks(backbone, splits.train.x, recipe, views, sorted(outputs), progress=progress)
+            done.append({"dataset": dataset, "backbone": name, "what": f"bank {recipe} x{views}",
+                         "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+    return done
+
+
 def run_grid(
     configs: Sequence[RunConfig],
     results_dir: str | Path,
@@ -211,10 +263,17 @@ def run_grid(
     executor_params: dict[str, Any] | None = None,
     force: bool = False,
     progress: bool = True,
+    warm: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every config through the named executor; returns one summary per run."""
+    """Run every config through the named executor; returns one summary per run.
+
+    ``warm``: first compute the frozen-backbone outputs the pending runs read
+    (:func:`warm_caches`), so that runs (and parallel workers) find them cached.
+    """
     from tqdm import tqdm
 
+    if warm:
+        warm_caches(configs, results_dir, force=force, progress=progress)
     runner = create("executor", executor, **(executor_params or {}))
     tasks = [RunTask(c, str(results_dir), force) for c in configs]
     summaries: list[dict[str, Any]] = []

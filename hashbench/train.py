@@ -186,6 +186,18 @@ def _clean(backbone: Any, x: Any, output: str, digest: str | None = None) -> Ite
     return banks.feature_batches(backbone, x, output, desc="encoding")
 
 
+def cache_reads(method: Any) -> list[banks.CacheRead]:
+    """What ``fit`` and ``encode`` read from the frozen-backbone cache: clean outputs of every
+    split (train and val to validate, query and database to encode) and, with ``bank_views``,
+    the view bank of the train split. Empty when the backbone trains (nothing is cached)."""
+    cfg = check_config(method)
+    if not cfg.frozen:
+        return []
+    bank = (cfg.augment, int(cfg.bank_views)) if cfg.bank_views > 0 else None
+    return [banks.CacheRead(cfg.backbone, cfg.pretrained, cfg.input_size, method.backbone_output,
+                            splits=("train", "val", "query", "database"), bank=bank)]
+
+
 # ----------------------------------------------------------------------------- fit
 
 def fit(method: Any, train: Split, val: Split | None = None, workdir: Path | str | None = None, *,

@@ -181,3 +181,56 @@ def test_preflight_checks_a_deep_methods_backbone(plugins, cli, tmp_path, monkey
                        "--set", "cibhash.backbone=resnet18", "--results-dir", str(tmp_path), "--no-progress")
     assert code == 2
     assert "backbone resnet18: no pretrained weights available offline" in one_line_error(err)
+
+
+def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, with_plugin, tmp_path, monkeypatch):
+    """A shallow method on backbone features and a deep method on tokens of the same backbone:
+    each split gets one backbone pass for both kinds; the runs then compute nothing."""
+    import torch
+
+    from hashbench.deep import DeepHashMethod, TrainConfig
+    from hashbench.models.backbones import TimmBackbone
+    from hashbench.runner import warm_caches
+
+    class TokenHead(DeepHashMethod):
+        name = "token-head"
+        summary = "mean of tokens -> Linear (test only)"
+        backbone_output = "tokens"
+
+        @dataclass(frozen=True)
+        class Config(TrainConfig):
+            backbone: str = "resnet18"
+            pretrained: bool | str = False
+            input_size: int | None = 32
+            bank_views: int = 2
+            epochs: int = 1
+            batch_size: int = 8
+
+        def build_head(self, dim):
+            return torch.nn.Linear(dim, self.bits)
+
+        def objective(self, head, f1, f2):
+            return {"l2": ((head(f1.mean(1)) - head(f2.mean(1))) ** 2).mean()}
+
+        def hash_codes(self, head, f):
+            return head(f.mean(1)) >= 0
+
+    with_plugin("both", register_datasets=lambda: [TinyImages], register_methods=lambda: [TokenHead])
+    passes = []
+    real = TimmBackbone.outputs
+    monkeypatch.setattr(TimmBackbone, "outputs",  # passes over more than one image (not shape probes)
+                        lambda self, x, names=("pooled",): (len(x) > 1 and passes.append(tuple(names))) or real(self, x, names))
+    grid = Experiment(methods=["itq", "token-head"], datasets=["tiny-images"], bits=[8], seeds=[0, 1],
+                      features=TINY).grid()
+    done = warm_caches(grid, tmp_path, progress=False)
+    assert sorted((d["what"], tuple(d["outputs"]), d["cache_hit"]) for d in done) == [
+        ("bank light x2", ("tokens",), False),
+        *[(f"clean {s}", ("pooled", "tokens"), False) for s in ("database", "query", "train", "val")],
+    ]
+    # one pass per split (each < 256 images) for both kinds; the bank: one per view, tokens only
+    assert sorted(passes) == [("pooled", "tokens")] * 4 + [("tokens",)] * 2
+    passes.clear()
+    summaries = run_grid(grid, tmp_path, progress=False)
+    assert [s["status"] for s in summaries] == ["done"] * 4
+    assert passes == []  # the runs recompute nothing
+    assert warm_caches(grid, tmp_path, progress=False) == []  # every run is done: nothing to read

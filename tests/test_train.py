@@ -156,6 +156,46 @@ def test_view_bank_is_cached_and_shared_by_seeds(monkeypatch):
     assert other.log["bank"]["cache_hit"] is False and other.log["bank"]["key"] != first.log["bank"]["key"]
 
 
+def _count_passes(monkeypatch, backbone):
+    """Count forward_features calls of ``backbone``'s module (of more than one image: the
+    one-image shape probes do not count)."""
+    calls = []
+    real = backbone.module.forward_features
+    monkeypatch.setattr(backbone.module, "forward_features",
+                        lambda x: (len(x) > 1 and calls.append(len(x))) or real(x))
+    return calls
+
+
+def test_one_pass_gives_pooled_and_tokens_as_separate_passes_do(monkeypatch, tmp_path):
+    backbone = hashbench.create("backbone", "test_efficientnet", pretrained=False, input_size=32)
+    calls = _count_passes(monkeypatch, backbone)
+    both = banks.clean_outputs(backbone, TRAIN.x, ["pooled", "tokens"])
+    assert calls == [48] and not both["pooled"][1]["cache_hit"] and not both["tokens"][1]["cache_hit"]
+    assert both["pooled"][0].shape == (48, 256) and both["tokens"][0].shape == (48, 1, 256)
+    calls.clear()
+    again = banks.clean_outputs(backbone, TRAIN.x, ["tokens", "pooled"])  # cached: no pass
+    assert calls == [] and again["pooled"][1]["cache_hit"] and again["tokens"][1]["cache_hit"]
+    monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path / "fresh"))
+    pooled, _ = banks.clean_features(backbone, TRAIN.x, "pooled")
+    tokens, _ = banks.clean_features(backbone, TRAIN.x, "tokens")
+    assert calls == [48, 48]
+    assert np.array_equal(pooled, both["pooled"][0]) and np.array_equal(tokens, both["tokens"][0])
+    with torch.no_grad():  # pooled is the model's own forward; for this CNN the mean of its tokens
+        own = backbone.module(backbone.preprocess(TRAIN.x)).numpy()
+    np.testing.assert_array_equal(pooled, own)
+    np.testing.assert_allclose(pooled, tokens.mean(axis=1), rtol=1e-5, atol=1e-6)
+    # a bank of both kinds: one augmentation and one pass per view, values as separate banks
+    calls.clear()
+    banks_both = banks.view_banks(backbone, TRAIN.x, "light", 3, ["pooled", "tokens"])
+    assert calls == [48] * 3
+    monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path / "fresh2"))
+    for output in ("pooled", "tokens"):
+        alone, info = banks.view_bank(backbone, TRAIN.x, "light", 3, output)
+        assert info["key"] == banks_both[output][1]["key"] and np.array_equal(alone, banks_both[output][0])
+    with pytest.raises(HashbenchError, match="backbone output must be one of pooled, tokens, got 'cls'"):
+        banks.clean_outputs(backbone, TRAIN.x, ["pooled", "cls"])
+
+
 def test_banked_and_unbanked_paths(monkeypatch):
     banked = engine.fit(toy(), TRAIN, VAL)
     unbanked = engine.fit(toy(bank_views=0), TRAIN, VAL)

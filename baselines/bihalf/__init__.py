@@ -39,7 +39,7 @@ class BiHalf(DeepHashMethod):
       pair of the two augmented views hashbench's loop provides.
 
     Training defaults are :class:`TrainConfig`'s (Adam lr 1e-3, cosine schedule, batch 64,
-    20 epochs, frozen ``tf_efficientnet_lite0`` at 64 px with the view bank) [adapted: a linear
+    10 epochs, frozen ``tf_efficientnet_lite0`` at 64 px with the view bank) [adapted: a linear
     head on frozen features trains in seconds on a CPU]. The authors use SGD (momentum 0.9,
     weight decay 5e-4) at lr 1e-4 (x0.1 at epoch 120), batch 32, 300 epochs, frozen VGG-16 fc7.
     The batch size matters more here than elsewhere: the half split is over the batch.

@@ -12,7 +12,7 @@ Defaults, and where they come from:
 * adapted to the default CPU protocol: backbone VGG-16 fc7 at 224 px (4096-d) -> the offline
   ImageNet tf_efficientnet_lite0 at 64 px (1280-d), whose outputs of 8 augmented views per
   training image are banked (``bank_views=8``; VGG's dropout, active in the code's training,
-  has no counterpart on a bank); epochs 60 (80 at 16 bits) -> 20 (the default's CPU budget), validation every 20 epochs
+  has no counterpart on a bank); epochs 60 (80 at 16 bits) -> 10 (the default's CPU budget), validation every 20 epochs
   with early stop after 6 bad ones -> every 5 epochs, patience 3; seed 8888 -> the run seed;
   the code's augmentations (recipe "cibhash": crops of 224 px photos, colour jitter, blur) ->
   the "light" recipe made for 28-32 px images (``augment="cibhash"`` restores them), which

@@ -41,7 +41,7 @@ class GreedyHash(DeepHashMethod):
       pairs (two views of one image) ask for augmentation-invariant codes.
 
     Training defaults are :class:`TrainConfig`'s (Adam lr 1e-3, cosine schedule, batch 64,
-    20 epochs, frozen ``tf_efficientnet_lite0`` at 64 px with the view bank) [adapted: a linear
+    10 epochs, frozen ``tf_efficientnet_lite0`` at 64 px with the view bank) [adapted: a linear
     head on frozen features trains in seconds on a CPU]. The authors use SGD (momentum 0.9,
     weight decay 5e-4) at lr 1e-4, batch 32, 60 epochs (300 for 16 bits) on frozen VGG-16 fc7.
     """

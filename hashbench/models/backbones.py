@@ -43,6 +43,9 @@ _INTERPOLATION = {
     "box": "area",
 }
 
+#: what :meth:`TimmBackbone.outputs` can return
+OUTPUTS = ("pooled", "tokens")
+
 _PROVIDE = (
     "Provide them: run once with network access to fill the HF cache, pass a local file with "
     "--pretrained PATH, install a weight-source plugin, or use --pretrained false."
@@ -397,25 +400,45 @@ class TimmBackbone(Component):
             return torch.no_grad()
         return contextlib.nullcontext()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features: float (B, 3, H, W) as :meth:`preprocess` makes -> float32
-        (B, feature_dim) on :attr:`device`; under no_grad when frozen."""
-        import torch
+    def outputs(self, x: torch.Tensor, names: Iterable[str] = ("pooled",)) -> dict[str, torch.Tensor]:
+        """Several outputs of ONE forward pass: float (B, 3, H, W) as :meth:`preprocess` makes ->
+        {name: float32 tensor on :attr:`device`}; under no_grad when frozen. Names (:data:`OUTPUTS`):
 
-        with self._grad_context():
-            return self._module(x.to(self.device, torch.float32))
-
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Unpooled tokens: float (B, 3, H, W) -> float32 (B, T, token_dim) on :attr:`device`.
-
-        ViT-like models: the patch tokens of ``forward_features`` without the class, register
-        or distillation tokens (``num_prefix_tokens``), T = (H/patch) * (W/patch). CNNs: the
-        last feature map's positions, flattened row by row, T = H' * W'.
+        * ``"pooled"`` (B, feature_dim): ``forward_head(forward_features(x))``, what the model's
+          forward returns with ``num_classes=0`` (timm's convention);
+        * ``"tokens"`` (B, T, token_dim): ``forward_features(x)`` unpooled. ViT-like models: the
+          patch tokens without the class, register or distillation tokens
+          (``num_prefix_tokens``), T = (H/patch) * (W/patch); CNNs: the last feature map's
+          positions, flattened row by row, T = H' * W'.
         """
         import torch
 
+        names = tuple(names)
+        unknown = [n for n in names if n not in OUTPUTS]
+        if unknown:
+            raise HashbenchError(f"{self.owner}: backbone output must be one of {', '.join(OUTPUTS)}, got '{unknown[0]}'")
+        x = x.to(self.device, torch.float32)
         with self._grad_context():
-            out = self._module.forward_features(x.to(self.device, torch.float32))
+            if names == ("pooled",) and not hasattr(self._module, "forward_head"):
+                return {"pooled": self._module(x)}
+            out = self._module.forward_features(x)
+            result = {}
+            if "pooled" in names:
+                result["pooled"] = self._module.forward_head(out)
+            if "tokens" in names:
+                result["tokens"] = self._tokens_of(out)
+        return result
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features: float (B, 3, H, W) -> float32 (B, feature_dim) (see :meth:`outputs`)."""
+        return self.outputs(x, ("pooled",))["pooled"]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled tokens: float (B, 3, H, W) -> float32 (B, T, token_dim) (see :meth:`outputs`)."""
+        return self.outputs(x, ("tokens",))["tokens"]
+
+    def _tokens_of(self, out: Any) -> torch.Tensor:
+        """``forward_features`` output -> tokens (B, T, C)."""
         if not hasattr(out, "ndim"):
             raise HashbenchError(f"{self.owner}: forward_features returns {type(out).__name__}, not a tensor")
         if out.ndim == 3:  # (B, N, C) tokens
@@ -457,7 +480,7 @@ class TimmBackbone(Component):
             with torch.inference_mode():
                 for batch in tqdm(batches, total=total, disable=disable, unit="batch",
                                   desc=f"encoding with {self.config.model}"):
-                    feats = self._module(self.preprocess(batch).to(self.device))
+                    feats = self.features(self.preprocess(batch))
                     out.append(feats.float().cpu().numpy())
         finally:
             self._module.train(was_training)

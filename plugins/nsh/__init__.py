@@ -31,7 +31,7 @@ Defaults, and where they come from:
   the offline ImageNet tf_efficientnet_lite0 at 64 px (1280-d) with its view bank
   (``bank_views=8``, ``augment="light"``; sdc: MoCo-v2 augmentations, ``augment="mocov2"``);
   Adam lr 1e-5 (weight decay 1e-5), batch 50, 200 epochs -> :class:`TrainConfig`'s Adam lr
-  1e-3, cosine schedule, batch 64, 20 epochs, validation every 5 with patience 3.
+  1e-3, cosine schedule, batch 64, 10 epochs, validation every 5 with patience 3.
 
 Batches smaller than ``positives + 1``: the loop's batches are all ``batch_size`` items except
 when the training split itself is smaller (one batch of all N >= 2 items); the config requires
