@@ -1,0 +1,175 @@
+"""WCH: Weighted Contrastive Hashing (Yu et al., ACCV 2022, arXiv 2209.14099). The reference
+for every detail is the authors' released code, RosieYuu/WCH (MIT): ``train.py`` (the loss
+``CL`` and the training setup) and ``TransformerModel/modeling.py`` (``cross_attention``,
+``weighted``, ``hash_head``, ``train_forward``, ``forward``).
+
+Data flow (``backbone_output = "tokens"``: the loop hands the objective the patch tokens X1, X2,
+float (n, p, d), of two augmented views of the same n images, class token dropped):
+
+1. mutual attention (:func:`model.mutual_attention`, temperature ``attention_temperature``):
+   ``S[n, i, j] = cos(X1[n, i], X2[n, j])``; ``X1' = softmax(S^T / T) X1``,
+   ``X2' = softmax(S / T) X2`` (n, p, d);
+2. weighted similarity targets over the batch (:func:`model.weighted_targets`, temperature
+   ``target_temperature``): ``w[n, m] = mean_i max_j cos(X1'[n, i], X2'[m, j])``,
+   ``W = softmax_m(w / T)``, each row divided by its diagonal entry (diagonal 1, rows not
+   renormalized, not detached); the (n, n, p, p) similarities are computed in chunks of rows of
+   at most ``chunk_mib`` MiB;
+3. the hash head (:class:`model.WCHHead`) on the refined tokens: mean over p -> LayerNorm ->
+   Linear(d, ``hidden_dim``) -> ReLU -> Linear(hidden, bits) -> tanh = y; training codes
+   ``h = y + (sign(y) - y).detach()`` (straight-through);
+4. loss (:func:`model.wch_loss_terms`): ``weighted_ce`` = cross-entropy of
+   ``h1 h2^T / bits / code_temperature`` with W as soft targets, plus ``balance_weight`` *
+   ``balance`` = MSE(mean_batch h1, 0), minus ``magnitude_weight`` * ``magnitude`` = MSE(h1, 0)
+   (h1 is the straight-through code: the value of ``magnitude`` is 1, its gradient pushes |y|
+   towards 1; kept as released).
+
+Test codes: the RAW tokens (no mutual attention) through the head, ``y >= 0``.
+
+Gradients: with a frozen backbone (the default) W depends only on frozen tokens, so it is a
+constant target and only the head trains; with ``frozen=False`` the same loop fine-tunes the
+backbone, and gradients reach it through the head, through W and through the mutual attention,
+as in the released code.
+
+Defaults, and where they come from:
+
+* from the released code: the mutual attention temperature 1, the target temperature 0.2, the
+  code temperature 0.3, the head (hidden 1024, LayerNorm eps 1e-6, Linear weights
+  ``kaiming_uniform_(mode="fan_out")`` and biases ``normal_``), the loss weights 1, 1, -1. Its
+  config's ``alpha = 0.1`` is never used and has no field here;
+* the released training setup, NOT the defaults here: ViT-B/16 (ImageNet-21k) fully
+  fine-tuned on its 196 patch tokens at 224 px, Adam lr 1e-5, cosine schedule, 50 epochs,
+  batch 32, its own augmentations (RandomResizedCrop scale 0.2-1, ColorJitter p 0.8, grayscale,
+  GaussianBlur, flip); it selects the best epoch by mAP on the query set itself, hashbench
+  selects on the validation split instead;
+* adapted to the default CPU protocol (as the other deep methods): :class:`TrainConfig`'s
+  fields unchanged: the offline ImageNet tf_efficientnet_lite0 at 64 px, frozen, whose tokens
+  are the 2 x 2 = 4 positions of its 1280-channel last feature map, with the view bank
+  (``bank_views=8``, ``augment="light"``); Adam lr 1e-3, cosine schedule, batch 64, 10 epochs,
+  validation every 5 with patience 3. ``frozen=False`` (and e.g. a ViT backbone) fine-tunes as
+  the paper does, through the same loop;
+* hashbench's: the attention, targets and loss run in float32 with autocast off (the head runs
+  under the loop's autocast); ``chunk_mib`` = 64 bounds the memory of the targets (the released
+  code builds the whole (n, n, p, p) tensor; the values are the same).
+
+torch is imported inside methods only: the registry imports this module at every command.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hashbench import hookimpl
+from hashbench.deep import DeepHashMethod, TrainConfig
+from hashbench.errors import HashbenchError
+
+#: the names of the objective's terms
+TERMS = ("weighted_ce", "balance", "magnitude")
+
+
+class WCH(DeepHashMethod):
+    """Weighted Contrastive Hashing (see the module docstring).
+
+    Terms ``weighted_ce`` (weight 1), ``balance`` (weight ``balance_weight``) and ``magnitude``
+    (weight ``-magnitude_weight``); test codes ``head.relaxed(tokens) >= 0`` of the raw tokens.
+    Config fields besides :class:`TrainConfig`'s:
+
+    * ``attention_temperature`` = 1.0: T of the mutual attention between the two views;
+    * ``target_temperature`` = 0.2: T of the softmax over the batch of the weighted targets;
+    * ``code_temperature`` = 0.3: the logits are ``h1 h2^T / bits / code_temperature``;
+    * ``hidden_dim`` = 1024: the hash head's hidden layer;
+    * ``balance_weight`` = 1.0, ``magnitude_weight`` = 1.0: the loss is
+      ``weighted_ce + balance_weight * balance - magnitude_weight * magnitude`` (0 drops a term);
+    * ``chunk_mib`` = 64.0: the most MiB of float32 similarities held per chunk of the targets.
+    """
+
+    name = "wch"
+    summary = ("WCH: Weighted Contrastive Hashing, mutual attention between views and weighted "
+               "similarity targets (Yu et al., ACCV 2022)")
+    backbone_output = "tokens"
+
+    @dataclass(frozen=True)
+    class Config(TrainConfig):
+        attention_temperature: float = 1.0
+        target_temperature: float = 0.2
+        code_temperature: float = 0.3
+        hidden_dim: int = 1024
+        balance_weight: float = 1.0
+        magnitude_weight: float = 1.0
+        chunk_mib: float = 64.0
+
+        def __post_init__(self) -> None:
+            parent = getattr(super(), "__post_init__", None)
+            if parent is not None:
+                parent()
+            owner = "method wch"
+            for field in ("attention_temperature", "target_temperature", "code_temperature", "chunk_mib"):
+                value = getattr(self, field)
+                if not (math.isfinite(value) and value > 0):
+                    raise HashbenchError(f"{owner}: {field} must be a finite number > 0, got {value}")
+            if self.hidden_dim < 1:
+                raise HashbenchError(f"{owner}: hidden_dim must be >= 1, got {self.hidden_dim}")
+            for field in ("balance_weight", "magnitude_weight"):
+                value = getattr(self, field)
+                if not (math.isfinite(value) and value >= 0):
+                    raise HashbenchError(f"{owner}: {field} must be a finite number >= 0, got {value}")
+
+    # ---- pieces --------------------------------------------------------------------------
+    def build_head(self, feature_dim: int) -> Any:
+        """:class:`model.WCHHead` on tokens of ``feature_dim`` (the backbone's token_dim) channels."""
+        from .model import WCHHead
+
+        return WCHHead(feature_dim, self.bits, self.config.hidden_dim)
+
+    def refine(self, f1: Any, f2: Any) -> tuple[Any, Any, Any]:
+        """(X1', X2', W): the mutually attended tokens (n, p, d) and the weighted targets (n, n),
+        float32 with autocast off."""
+        import torch
+
+        from .model import mutual_attention, weighted_targets
+
+        cfg = self.config
+        with torch.autocast(device_type=f1.device.type, enabled=False):
+            x1, x2 = mutual_attention(f1.float(), f2.float(), cfg.attention_temperature)
+            W = weighted_targets(x1, x2, cfg.target_temperature, cfg.chunk_mib)
+        return x1, x2, W
+
+    def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
+        """Terms ``weighted_ce``, ``balance`` and ``magnitude`` (unweighted; see
+        :meth:`term_weights`) for tokens f1, f2 float (n, p, d) of two views.
+
+        The attention, targets and loss run in float32 with autocast off; the head runs under
+        the loop's autocast, once over both views' refined tokens.
+        """
+        import torch
+
+        from .model import wch_loss_terms
+
+        if f1.dim() != 3 or f1.shape != f2.shape:
+            raise HashbenchError(
+                f"method wch: the objective needs tokens (n, p, d) of two views of one shape, got "
+                f"{tuple(f1.shape)} and {tuple(f2.shape)}"
+            )
+        batch = f1.shape[0]
+        x1, x2, W = self.refine(f1, f2)
+        h = head(torch.cat([x1, x2]))
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.float()
+            return wch_loss_terms(h[:batch], h[batch:], W, self.config.code_temperature)
+
+    def term_weights(self) -> dict[str, float]:
+        return {"weighted_ce": 1.0, "balance": float(self.config.balance_weight),
+                "magnitude": 0.0 - float(self.config.magnitude_weight)}
+
+    def hash_codes(self, head: Any, f: Any) -> Any:
+        """bool (B, bits): the head's tanh output of the RAW tokens f (B, p, d) (no attention) >= 0."""
+        import torch
+
+        with torch.no_grad():
+            return head.relaxed(f) >= 0
+
+
+@hookimpl
+def register_methods() -> list[type]:
+    return [WCH]
