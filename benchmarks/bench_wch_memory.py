@@ -62,12 +62,12 @@ def measure(case: str, batch: int, bits: int, chunk_mib: float, patches: int, di
     from hashbench.losses import weighted_sum
 
     if "wch" not in hashbench.names("method"):
-        import hashbench.plugins.wch as wch
+        from hashbench.plugins import wch
 
         registry_module.reload(extra_plugins={"bench-wch": wch})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    side = int(round(patches ** 0.5)) * 16
+    side = round(patches ** 0.5) * 16
     backbone = hashbench.create("backbone", "vit_base_patch16_224", pretrained=False, input_size=side,
                                 frozen=case != "finetune")
     assert backbone.token_dim == dim, backbone.token_dim

@@ -1,4 +1,4 @@
-"""The ``hashbench`` command: run, ablate, table, evaluate, list.
+"""The ``hashbench`` command: run, ablate, table, plot, report, evaluate, list.
 
 Bad input (an unknown name, a wrong bit count, a malformed file) prints one line
 ``hashbench: ...`` and exits with code 2; a grid with failed runs exits with code 1.
@@ -88,18 +88,52 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
         overrides=overrides,
         features={k: spec[k] for k in FEATURE_KEYS if k in spec},
     )
+    file_executor = spec.get("executor") or "local"
+    executor = getattr(args, "executor", None) or file_executor
     settings = {
-        "executor": args.executor or spec.get("executor") or "local",
+        "executor": executor,
+        # the file's executor_params go with the file's executor (a flag naming another drops them)
+        "executor_params": executor_params(
+            args, executor, spec.get("executor_params", {}) if executor == file_executor else {}),
         "results_dir": args.results_dir or spec.get("results_dir") or DEFAULT_RESULTS_DIR,
     }
     return experiment, settings
 
 
-def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Namespace) -> dict[str, int]:
+#: grid flags that set an executor parameter: argparse dest -> the executor's Config field
+EXECUTOR_FLAGS = {"jobs": "jobs", "ray_address": "address", "cpus_per_run": "cpus_per_run",
+                  "gpus_per_run": "gpus_per_run", "partition": "partition", "time": "time"}
+
+
+def executor_params(args: argparse.Namespace, executor: str, base: dict[str, Any]) -> dict[str, Any]:
+    """The executor's parameters: ``base`` (the experiment file's) with the flags given over it.
+
+    Checked now, before anything runs: a flag the executor does not take, or a bad value, is a
+    one-line error.
+    """
+    import dataclasses
+
+    cls = registry("executor").get(executor)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    params = dict(base)
+    for dest, param in EXECUTOR_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if param not in fields:
+            raise HashbenchError(f"executor {executor} takes no --{dest.replace('_', '-')}")
+        params[param] = value
+    registry("executor").create(executor, **params)
+    return params
+
+
+def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Namespace,
+                    executor_params: dict[str, Any] | None = None) -> dict[str, int]:
     """Run the grid (``run`` and ``ablate`` alike); print the status counts and each failure."""
     from .runner import run_grid
 
-    summaries = run_grid(configs, results_dir, executor, force=args.force, progress=not args.no_progress)
+    summaries = run_grid(configs, results_dir, executor, executor_params, force=args.force,
+                         progress=not args.no_progress)
     counts: dict[str, int] = {}
     for s in summaries:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
@@ -127,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"datasets x {len(experiment.bits)} bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    counts = _run_and_report(configs, results_dir, settings["executor"], args)
+    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"])
     if not args.no_table:
         markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables")
         print(markdown)
@@ -158,7 +192,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         f"bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    counts = _run_and_report(configs, results_dir, settings["executor"], args)
+    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"])
     markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir),
                                           results_dir / "tables", args.metric)
     print(markdown)
@@ -177,6 +211,37 @@ def cmd_table(args: argparse.Namespace) -> int:
     markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables", args.metric, formats)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- plot, report
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import write_plots
+
+    results_dir = Path(args.results_dir)
+    paths = write_plots(results_dir, parse_list(args.format, "format"), args.metric)
+    for path in paths:
+        print(path)
+    print(f"hashbench: wrote {len(paths)} files to {results_dir / 'plots'}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import image_check, screenshot, write_report
+
+    results_dir = Path(args.results_dir)
+    page, plots = write_report(results_dir, args.metric)
+    print(page)
+    print(f"hashbench: wrote {page} ({len(plots)} plot files regenerated under {results_dir / 'plots'})",
+          file=sys.stderr)
+    if args.screenshot:
+        shot = screenshot(page, page.parent / "screenshot.png")
+        decoded, total = image_check(page)
+        print(shot)
+        print(f"hashbench: wrote {shot} (headless Chromium decoded {decoded} of {total} plots)", file=sys.stderr)
+        if decoded != total:
+            raise HashbenchError(f"headless Chromium decoded only {decoded} of {total} plots of {page}")
     return 0
 
 
@@ -264,6 +329,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
+def _number(text: str) -> int | float:
+    """An argparse type: a whole number, or a fraction (Ray takes fractional CPUs and GPUs)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
     """The flags ``run`` and ``ablate`` share: the grid, its features, where and how it runs."""
     parser.add_argument("-c", "--config", help=config_help)
@@ -279,7 +352,15 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
     parser.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
     parser.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
     parser.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE", help=set_help)
-    parser.add_argument("--executor", help="executor name (default: local)")
+    parser.add_argument("--executor", help="executor name: local, ray, slurm (default: local; hashbench list executors)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="executor local: N worker processes (default 1: one run after another, in this process)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="executor ray: join this Ray cluster (default: start a local Ray instance)")
+    parser.add_argument("--cpus-per-run", type=_number, metavar="N", help="executors ray, slurm: CPUs per run (default 1)")
+    parser.add_argument("--gpus-per-run", type=_number, metavar="N", help="executors ray, slurm: GPUs per run (default 0)")
+    parser.add_argument("--partition", help="executor slurm: the Slurm partition (default: the cluster's)")
+    parser.add_argument("--time", type=int, metavar="MINUTES", help="executor slurm: time limit of each run (default 60)")
     parser.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
     parser.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -316,6 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
     table.add_argument("--format", default="md,csv,latex", help="comma-separated: md, csv, latex")
     table.set_defaults(func=cmd_table)
+
+    plot = sub.add_parser("plot", help="draw PR, precision@K, metric-vs-bits and ablation plots from run records")
+    plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")
+    plot.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg")
+    plot.add_argument("--metric", default="map", help="for metric-vs-bits and ablations: map, map_full, "
+                      "map_tie_aware, precision_h2, recall_h2")
+    plot.set_defaults(func=cmd_plot)
+
+    report = sub.add_parser("report", help="one self-contained HTML page: tables, plots, protocol, runs")
+    report.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
+                        help="results folder; the page is its report/index.html")
+    report.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    report.add_argument("--screenshot", action="store_true",
+                        help="also save report/screenshot.png, rendered by headless Chromium")
+    report.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("evaluate", help="score codes made anywhere")
     ev.add_argument("--query-codes", required=True)

@@ -181,7 +181,7 @@ def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
 #: keys an experiment file may hold, and their expected types
 EXPERIMENT_KEYS: dict[str, Any] = {
     "methods": list, "datasets": list, "bits": list, "seeds": list,
-    "set": dict, "executor": str, "results_dir": str,
+    "set": dict, "executor": str, "executor_params": dict, "results_dir": str,
     "backbone": (str, type(None)), "pretrained": (bool, str), "input_size": (int, type(None)),
 }
 FEATURE_KEYS = ("backbone", "pretrained", "input_size")

@@ -181,6 +181,46 @@ def execute(task: RunTask) -> dict[str, Any]:
                 "error": record["error"]}
 
 
+def record_lost_run(task: RunTask, error: str, started_at: str | None = None,
+                    seconds: float | None = None, wait_s: float = 5.0) -> dict[str, Any]:
+    """Record, from the driver, that the process running ``task`` died: status ``failed``.
+
+    The executor calls it when a worker is gone (killed, out of memory, its node lost), so the
+    run is never left half-done: the next invocation redoes it. It claims the run first (the
+    dead worker's lock is released by the kernel; it waits up to ``wait_s`` seconds for a lock
+    that lingers), and keeps a ``done`` record that the worker or another process wrote since
+    ``started_at``. Returns a summary like :func:`execute`'s; ``busy`` if another process holds
+    the run.
+    """
+    config = task.config
+    run_id = config.run_id
+    store = RunStore(task.results_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        with store.claim(run_id) as claimed:
+            if claimed:
+                previous = store.read(run_id)
+                if previous is not None and previous.get("status") == "done" and (
+                        not task.force or (started_at is not None and (previous.get("started_at") or "") >= started_at)):
+                    return {"run_id": run_id, "status": "done", "seconds": previous.get("seconds"), "error": None}
+                store.write({
+                    "run_id": run_id,
+                    "config": config.to_dict(),
+                    "status": "failed",
+                    "error": error,
+                    "traceback": None,
+                    "host": None,  # the worker's; the driver may not know it
+                    "started_at": started_at,
+                    "finished_at": _now(),
+                    "seconds": seconds,
+                    "versions": package_versions(),
+                })
+                return {"run_id": run_id, "status": "failed", "seconds": seconds, "error": error}
+        if time.monotonic() >= deadline:
+            return {"run_id": run_id, "status": "busy"}
+        time.sleep(0.1)
+
+
 def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False) -> None:
     """Check, before any run starts, what would otherwise fail every run of a dataset.
 
@@ -267,18 +307,29 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Run every config through the named executor; returns one summary per run.
 
-    ``warm``: first compute the frozen-backbone outputs the pending runs read
-    (:func:`warm_caches`), so that runs (and parallel workers) find them cached.
+    Runs already done (unless ``force``) are not dispatched: their summary is ``skipped``.
+    A run whose worker died is recorded ``failed`` by the executor (:func:`record_lost_run`).
+    Summaries come in the order runs finish. ``warm``: first compute the frozen-backbone outputs
+    the pending runs read (:func:`warm_caches`), so that runs (and parallel workers) find them cached.
     """
     from tqdm import tqdm
 
+    runner = create("executor", executor, **(executor_params or {}))
     if warm:
         warm_caches(configs, results_dir, force=force, progress=progress)
-    runner = create("executor", executor, **(executor_params or {}))
-    tasks = [RunTask(c, str(results_dir), force) for c in configs]
+    # workers may run elsewhere (another cwd, another machine on a shared filesystem)
+    results_dir = Path(results_dir).absolute()
+    store = RunStore(results_dir)
     summaries: list[dict[str, Any]] = []
-    results: Iterator[dict[str, Any]] = runner.map(execute, tasks)
-    with tqdm(total=len(tasks), desc="runs", unit="run", disable=None if progress else True, dynamic_ncols=True) as bar:
+    tasks = []
+    for c in configs:  # finished runs are never dispatched (execute checks again under the lock)
+        if not force and store.is_done(c.run_id):
+            summaries.append({"run_id": c.run_id, "status": "skipped"})
+        else:
+            tasks.append(RunTask(c, str(results_dir), force))
+    results: Iterator[dict[str, Any]] = runner.map(execute, tasks) if tasks else iter(())
+    with tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",
+              disable=None if progress else True, dynamic_ncols=True) as bar:
         for summary in results:
             summaries.append(summary)
             bar.set_postfix_str(f"{summary['run_id'][:40]} {summary['status']}")

@@ -1,0 +1,581 @@
+"""Plots from run records: precision-recall and precision@K curves, a metric against code
+length, and the ablations. Written by ``hashbench plot`` under ``<results>/plots/``.
+
+One figure per
+
+- (dataset + input, bits): ``pr-<slug>-<bits>b`` (Hamming-ball precision against recall, one
+  point per radius 0..bits) and ``pk-<slug>-<bits>b`` (precision@K against K, log scale); one
+  line per method, the mean curve over its seeds;
+- dataset + input: ``<metric>-vs-bits-<slug>``, one line per method, mean ± std over seeds (the
+  numbers of ``hashbench table``);
+- ablation: ``<table stem>`` (``ablation-<method>-<key>[-<key2>][-<metric>]``), the metric per
+  setting, mean ± std over seeds, one series per (dataset, bits) column of the table.
+
+``<slug>`` is the table's column label (``fashion-mnist (tf_efficientnet_lite0 pretrained
+64px)``) in lower case with every run of other characters turned into ``-``.
+
+The curve and metric-vs-bits figures show each method's baseline: its runs with default
+parameters (or, when all its runs share changes, e.g. records made before a default changed,
+``nsh[epochs=20]``, the runs with only those); variants with more changes
+(``nsh[sorter=exact]``) belong to the ablations. Ablations are drawn from the tables
+``hashbench ablate`` wrote (``tables/ablation-*.csv``, exactly the ablation's own runs); variants
+that no ablation table covers and that differ from the baseline in one parameter are grouped by
+(method, parameter) from the records, with the baseline runs as one more setting.
+
+matplotlib is imported lazily, and only its object-oriented API is used (``Figure`` with the Agg
+canvas): no pyplot, no global backend state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .errors import HashbenchError
+from .registry import registry
+from .tables import METRICS, check_metric, record_row, records_frame, summary_frame
+
+PLOT_FORMATS = ("png", "pdf", "svg")
+DEFAULT_FORMATS = ("png", "pdf")
+#: parameters that name a deep method's input: varying them changes the column, not the row
+INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
+METRIC_LABELS = {
+    "map_full": "mAP over the whole ranking",
+    "map_tie_aware": "tie-aware mAP over the whole ranking",
+    "precision_h2": "precision within Hamming radius 2",
+    "recall_h2": "recall within Hamming radius 2",
+}
+DPI = 120
+SIZE = (6.4, 4.4)
+
+
+def check_plot_formats(formats: Iterable[str]) -> list[str]:
+    formats = list(formats)
+    if not formats:
+        raise HashbenchError(f"--format needs at least one of {', '.join(PLOT_FORMATS)}")
+    for fmt in formats:
+        if fmt not in PLOT_FORMATS:
+            raise HashbenchError(f"unknown plot format '{fmt}' (formats: {', '.join(PLOT_FORMATS)})")
+    return list(dict.fromkeys(formats))
+
+
+def slug(text: str) -> str:
+    """``fashion-mnist (tf_efficientnet_lite0 pretrained 64px)`` -> ``fashion-mnist-tf-efficientnet-lite0-pretrained-64px``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def slugs(labels: Iterable[str]) -> dict[str, str]:
+    """A file-name slug per label; labels whose slugs collide get a short hash of the label."""
+    labels = sorted(set(labels))
+    plain = {label: slug(label) for label in labels}
+    counts: dict[str, int] = {}
+    for s in plain.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {label: s if counts[s] == 1 else f"{s}-{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+            for label, s in plain.items()}
+
+
+def base_method(label: str) -> str:
+    """``nsh[sorter=exact]`` -> ``nsh``."""
+    return label.partition("[")[0]
+
+
+_ITEM_SPLIT = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+def changed_items(label: str) -> frozenset[str]:
+    """``nsh[epochs=20,sorter=exact]`` -> ``{"epochs=20", "sorter=exact"}``; ``nsh`` -> ``{}``."""
+    base = base_method(label)
+    if label == base or not label.endswith("]"):
+        return frozenset()
+    return frozenset(_ITEM_SPLIT.split(label[len(base) + 1:-1]))
+
+
+def shown_methods(labels: Iterable[str]) -> list[str]:
+    """The methods a comparison figure shows: per method, its baseline, the label whose changed
+    parameters are the ones all its labels share (``nsh``, or ``nsh[epochs=20]`` when every nsh
+    run predates a change of the default); variants with more changes belong to the ablations.
+    A method with no such label shows every label."""
+    groups: dict[str, list[str]] = {}
+    for label in set(labels):
+        groups.setdefault(base_method(label), []).append(label)
+    shown = []
+    for group in groups.values():
+        items = {label: changed_items(label) for label in group}
+        common = frozenset.intersection(*items.values())
+        baseline = [label for label in group if items[label] == common]
+        shown += baseline or group
+    return sorted(shown)
+
+
+def metric_label(metric: str, ks: Sequence[int] = ()) -> str:
+    if metric == "map":
+        return f"mAP@{ks[0]}" if len(ks) == 1 else "mAP@K"
+    return METRIC_LABELS.get(metric, metric)
+
+
+# ----------------------------------------------------------------------------- data
+
+def done_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rec for rec in records if rec.get("status") == "done"]
+
+
+def mean_curves(records: Iterable[dict[str, Any]], kind: str) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
+    """The curves to plot: ``{(dataset, bits): {method: curve}}``, each curve the mean over the
+    seeds' records (finished records with curves only).
+
+    ``kind`` "pr": curve ``{"recall", "precision", "radius", "n", "run_ids"}`` (means per radius);
+    "pk": ``{"k", "precision", "n", "run_ids"}`` (means at the k values every seed has).
+    ``dataset`` and ``method`` are the table labels (:func:`hashbench.tables.record_row`).
+    """
+    if kind not in ("pr", "pk"):
+        raise ValueError(kind)
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for rec in done_records(records):
+        curves = rec.get("curves") or {}
+        if ("pr_curve" if kind == "pr" else "precision_at_k") not in curves:
+            continue
+        row = record_row(rec)
+        groups.setdefault((row["dataset"], row["bits"], row["method"]), []).append(rec)
+    out: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for (dataset, bits, method), recs in sorted(groups.items()):
+        recs = sorted(recs, key=lambda r: r["run_id"])
+        ids = [r["run_id"] for r in recs]
+        if kind == "pr":
+            curves = [r["curves"]["pr_curve"] for r in recs]
+            length = min(len(c["radius"]) for c in curves)
+            curve = {
+                "radius": [int(r) for r in curves[0]["radius"][:length]],
+                "precision": np.mean([c["precision"][:length] for c in curves], axis=0).tolist(),
+                "recall": np.mean([c["recall"][:length] for c in curves], axis=0).tolist(),
+            }
+        else:
+            curves = [r["curves"]["precision_at_k"] for r in recs]
+            common = set(curves[0]["k"]).intersection(*(c["k"] for c in curves[1:]))
+            ks = sorted(common)
+            values = [[dict(zip(c["k"], c["precision"]))[k] for k in ks] for c in curves]
+            curve = {"k": ks, "precision": np.mean(values, axis=0).tolist() if ks else []}
+        curve.update(n=len(recs), run_ids=ids)
+        out.setdefault((dataset, bits), {})[method] = curve
+    return out
+
+
+def metric_by_bits(records: Iterable[dict[str, Any]], metric: str = "map") -> dict[str, pd.DataFrame]:
+    """Per dataset label: the measured rows of :func:`hashbench.tables.summary_frame` (method,
+    bits, n, mean, std: the table's numbers), sorted by method and bits."""
+    check_metric(metric)
+    frame = records_frame(records)
+    summary = summary_frame(frame.astype({metric: float}), metric, published=False)
+    out = {}
+    for dataset, rows in summary.groupby("dataset"):
+        out[str(dataset)] = rows[["method", "bits", "n", "mean", "std"]].sort_values(
+            ["method", "bits"], ignore_index=True)
+    return out
+
+
+@dataclass
+class AblationData:
+    """An ablation's numbers: rows (settings) x columns (dataset, bits)."""
+
+    name: str                     # file stem: ablation-<method>-<key>[...][-<metric>]
+    method: str
+    keys: list[str]
+    metric: str
+    settings: list[str]           # row labels in the table's order ("sorter=exact")
+    values: dict[str, dict[str, Any]]  # setting -> {key: value}
+    columns: list[tuple[str, int]]
+    cells: dict[tuple[str, str, int], dict[str, Any]]  # (setting, dataset, bits) -> n, failed, mean, std, best
+    source: str                   # the table file, or "records"
+    note: str = ""
+    defaults: set[str] = field(default_factory=set)  # settings equal to the method's defaults
+    ks: list[int] = field(default_factory=list)  # the K of mAP@K of its columns, when known
+
+    def numeric(self) -> bool:
+        """One key, every value a number: drawn as a line against the value."""
+        return len(self.keys) == 1 and all(
+            isinstance(v[self.keys[0]], (int, float)) and not isinstance(v[self.keys[0]], bool)
+            for v in self.values.values())
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    try:
+        return registry("method").get(method).default_params()
+    except HashbenchError:
+        return {}
+
+
+def _default_settings(method: str, keys: Sequence[str], values: dict[str, dict[str, Any]]) -> set[str]:
+    defaults = _defaults(method)
+    return {label for label, vals in values.items()
+            if all(k in defaults and defaults[k] == vals[k] for k in keys)}
+
+
+def _table_metric(stem: str) -> str:
+    for metric in METRICS:
+        if metric != "map" and stem.endswith("-" + metric):
+            return metric
+    return "map"
+
+
+def _read_value(text: Any) -> Any:
+    if isinstance(text, float) and math.isnan(text):
+        return None
+    try:
+        return yaml.safe_load(str(text))
+    except yaml.YAMLError:
+        return str(text)
+
+
+def ablations_from_tables(tables_dir: str | Path, metric: str = "map") -> list[AblationData]:
+    """The ablation tables ``hashbench ablate`` wrote for ``metric`` (their CSV, long format:
+    method, setting, <varied keys>, dataset, bits, n, failed, mean, std, best)."""
+    out = []
+    for path in sorted(Path(tables_dir).glob("ablation-*.csv")):
+        if _table_metric(path.stem) != metric:
+            continue
+        try:
+            table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"setting": str})
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        columns = list(table.columns)
+        if not {"method", "setting", "dataset", "bits", "n", "mean", "std"} <= set(columns) or table.empty:
+            continue
+        keys = columns[columns.index("setting") + 1:columns.index("dataset")]
+        method = str(table["method"].iloc[0])
+        settings = list(dict.fromkeys(table["setting"].astype(str)))
+        values = {}
+        rows = table.to_dict("records")
+        for row in rows:
+            values.setdefault(str(row["setting"]), {k: _read_value(row[k]) for k in keys})
+        cells = {}
+        for row in rows:
+            n = int(row["n"]) if not pd.isna(row["n"]) else 0
+            cells[str(row["setting"]), str(row["dataset"]), int(row["bits"])] = {
+                "n": n,
+                "failed": int(row.get("failed", 0) or 0),
+                "mean": float(row["mean"]) if n else float("nan"),
+                "std": float(row["std"]) if n and not pd.isna(row["std"]) else float("nan"),
+                "best": str(row.get("best")).lower() == "true",
+            }
+        columns_ = list(dict.fromkeys((str(d), int(b)) for d, b in zip(table["dataset"], table["bits"])))
+        md = path.with_suffix(".md")
+        note = ""
+        if md.exists():
+            lines = [line for line in md.read_text().splitlines() if line.strip() and not line.startswith("|")]
+            note = " ".join(lines)
+        out.append(AblationData(path.stem, method, keys, metric, settings, values, columns_, cells,
+                                str(path), note, _default_settings(method, keys, values)))
+    return out
+
+
+def _changed(config: dict[str, Any]) -> dict[str, str]:
+    """The method params that differ from today's defaults, as JSON text."""
+    defaults = _defaults(config["method"])
+    return {k: json.dumps(v, sort_keys=True) for k, v in config.get("method_params", {}).items()
+            if k not in defaults or defaults[k] != v}
+
+
+def ablations_from_records(records: Iterable[dict[str, Any]], metric: str = "map",
+                           covered: Iterable[tuple[str, str]] = ()) -> list[AblationData]:
+    """Ablations recovered from records alone. Per method, its baseline runs are those whose
+    params differ from today's defaults only in what all its finished runs share (usually
+    nothing); runs that differ from the baseline in exactly one parameter are grouped by
+    (method, parameter), with the baseline runs in the same (dataset, bits) columns as one more
+    setting. Pairs in ``covered`` (drawn from a table already) and input parameters are left out."""
+    check_metric(metric)
+    covered = set(covered)
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for rec in done_records(records):
+        by_method.setdefault(rec["config"]["method"], []).append(rec)
+    out = []
+    for method, recs in sorted(by_method.items()):
+        changes = [set(_changed(r["config"]).items()) for r in recs]
+        common = set.intersection(*changes)
+        base = [r for r, c in zip(recs, changes) if c == common]
+        variants: dict[str, list[dict[str, Any]]] = {}
+        for rec, change in zip(recs, changes):
+            extra = change - common
+            if len(extra) == 1:
+                ((key, _),) = extra
+                if key not in INPUT_KEYS and (method, key) not in covered:
+                    variants.setdefault(key, []).append(rec)
+        defaults = _defaults(method)
+        for key, group_recs in sorted(variants.items()):
+            out += _ablation_of(method, key, group_recs, base, metric, defaults)
+    return out
+
+
+def _ablation_of(method: str, key: str, recs: list[dict[str, Any]], base: list[dict[str, Any]], metric: str,
+                 defaults: dict[str, Any]) -> list[AblationData]:
+    columns = sorted({(record_row(r)["dataset"], record_row(r)["bits"]) for r in recs})
+    base = [r for r in base if (record_row(r)["dataset"], record_row(r)["bits"]) in columns]
+    by_value: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+    for rec in recs + base:
+        value = rec["config"]["method_params"].get(key, defaults.get(key))
+        by_value.setdefault(json.dumps(value, sort_keys=True), (value, []))[1].append(rec)
+    if len(by_value) < 2:
+        return []
+    settings, values, cells = [], {}, {}
+    for value, group in sorted(by_value.values(), key=lambda item: _sort_key(item[0])):
+        label = f"{key}={_show(value)}"
+        settings.append(label)
+        values[label] = {key: value}
+        frame = pd.DataFrame([record_row(r) for r in group])
+        for (dataset, bits), vals in frame.groupby(["dataset", "bits"])[metric]:
+            vals = vals.astype(float)
+            cells[label, str(dataset), int(bits)] = {
+                "n": len(vals), "failed": 0, "mean": float(vals.mean()),
+                "std": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), "best": False}
+    for dataset, bits in columns:
+        here = [cells[s, dataset, bits]["mean"] for s in settings if (s, dataset, bits) in cells]
+        for s in settings:
+            cell = cells.get((s, dataset, bits))
+            if cell is not None and cell["mean"] >= max(here) - 1e-12:
+                cell["best"] = True
+    name = f"ablation-{method}-{key}" + ("" if metric == "map" else f"-{metric}")
+    note = f"{method} runs that differ from its baseline runs in {key} only, grouped from the records."
+    default = {f"{key}={_show(defaults[key])}"} if key in defaults else set()
+    return [AblationData(name, method, [key], metric, settings, values, columns, cells, "records", note,
+                         default & set(settings))]
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    return (1, json.dumps(value, sort_keys=True))
+
+
+def ablation_data(results_dir: str | Path, records: Iterable[dict[str, Any]], metric: str = "map") -> list[AblationData]:
+    """Every ablation to draw: the tables under ``<results_dir>/tables``, then the ones only the
+    records tell of (:func:`ablations_from_records`)."""
+    tables = ablations_from_tables(Path(results_dir) / "tables", metric)
+    covered = {(a.method, k) for a in tables for k in a.keys}
+    return tables + ablations_from_records(records, metric, covered)
+
+
+# ----------------------------------------------------------------------------- figures
+
+@dataclass
+class Plot:
+    """One figure: what it shows and the data it is drawn from."""
+
+    stem: str
+    kind: str                  # "pr", "pk", "bits", "ablation"
+    title: str
+    dataset: str | None = None
+    bits: int | None = None
+    data: Any = None
+    caption: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+def _colors(methods: Iterable[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    methods = sorted(set(methods))
+    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+MARKERS = "osD^vPX*h<>p"
+
+
+def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metric: str = "map") -> list[Plot]:
+    """The figures for these records, in report order: per dataset, metric against bits, then
+    per bits PR and P@K; then the ablations."""
+    check_metric(metric)
+    done = done_records(records)
+    if not done:
+        raise HashbenchError(f"no finished runs in {Path(results_dir) / 'runs'} (run `hashbench run` first)")
+    pr, pk = mean_curves(done, "pr"), mean_curves(done, "pk")
+    by_bits = metric_by_bits(done, metric)
+    frame = records_frame(done)
+    datasets = sorted(set(frame["dataset"]))
+    names = slugs(datasets)
+    ks = {d: sorted({int(k) for k in frame.loc[frame["dataset"] == d, "topk"].dropna()}) for d in datasets}
+    plots = []
+    for dataset in datasets:
+        if dataset in by_bits:
+            plots.append(Plot(f"{metric}-vs-bits-{names[dataset]}", "bits",
+                              f"{metric_label(metric, ks[dataset])} against code length: {dataset}", dataset,
+                              data={"table": by_bits[dataset], "metric": metric, "ks": ks[dataset]},
+                              caption=f"{metric_label(metric, ks[dataset])}, mean ± std over seeds (error bars), "
+                                      f"the numbers of the table."))
+        for bits in sorted({b for d, b in (*pr, *pk) if d == dataset}):
+            if (dataset, bits) in pr:
+                plots.append(Plot(f"pr-{names[dataset]}-{bits}b", "pr",
+                                  f"Precision–recall: {dataset}, {bits} bits", dataset, bits, pr[dataset, bits],
+                                  caption="Hamming-ball retrieval at radius 0..bits, mean over seeds."))
+            if (dataset, bits) in pk:
+                plots.append(Plot(f"pk-{names[dataset]}-{bits}b", "pk",
+                                  f"Precision@K: {dataset}, {bits} bits", dataset, bits, pk[dataset, bits],
+                                  caption="Precision of the top K of the Hamming ranking, mean over seeds."))
+    for ablation in ablation_data(results_dir, records, metric):
+        ablation.ks = sorted({k for dataset, _ in ablation.columns for k in ks.get(dataset, [])})
+        title = f"Ablation of {ablation.method}: {', '.join(ablation.keys)}"
+        if len(ablation.columns) == 1:
+            title += f" ({ablation.columns[0][0]}, {ablation.columns[0][1]} bits)"
+        plots.append(Plot(ablation.name, "ablation", title, data=ablation,
+                          caption=f"{metric_label(metric, ablation.ks)} per setting, mean ± std over seeds. "
+                                  f"{ablation.note}".strip()))
+    return plots
+
+
+def _title(ax, text: str) -> None:
+    ax.set_title("\n".join(textwrap.wrap(text, 64)), fontsize=10)
+
+
+def _draw_curves(ax, plot: Plot, colors: dict[str, Any]) -> None:
+    curves = plot.data
+    for i, method in enumerate(shown_methods(curves)):
+        curve = curves[method]
+        label = f"{method} ({curve['n']} seed{'s' if curve['n'] != 1 else ''})"
+        style = {"color": colors.get(method), "marker": MARKERS[i % len(MARKERS)], "markersize": 3.5,
+                 "linewidth": 1.4, "label": label}
+        if plot.kind == "pr":
+            ax.plot(curve["recall"], curve["precision"], **style)
+        else:
+            ax.plot(curve["k"], curve["precision"], **style)
+    if plot.kind == "pr":
+        ax.set_xlabel(f"recall (fraction of relevant items within Hamming radius r = 0..{plot.bits})")
+        ax.set_ylabel("precision (fraction relevant within radius r)")
+        ax.set_xlim(-0.02, 1.02)
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("K (items retrieved, log scale)")
+        ax.set_ylabel("precision@K (fraction relevant)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small", loc="best")
+
+
+def _draw_bits(ax, plot: Plot, colors: dict[str, Any]) -> None:
+    table: pd.DataFrame = plot.data["table"]
+    methods = shown_methods(table["method"])
+    for i, method in enumerate(methods):
+        rows = table[table["method"] == method].sort_values("bits")
+        std = rows["std"].fillna(0.0).to_numpy()
+        n = int(rows["n"].max())
+        ax.errorbar(rows["bits"], rows["mean"], yerr=std, color=colors.get(method), marker=MARKERS[i % len(MARKERS)],
+                    markersize=4, linewidth=1.4, capsize=3, label=f"{method} ({n} seed{'s' if n != 1 else ''})")
+    bits = sorted(set(table["bits"]))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bits, [str(b) for b in bits])
+    ax.minorticks_off()
+    ax.set_xlabel("code length (bits)")
+    ax.set_ylabel(f"{metric_label(plot.data['metric'], plot.data['ks'])} (mean ± std over seeds)")
+    ax.legend(fontsize="small", loc="best")
+
+
+def _draw_ablation(ax, plot: Plot) -> None:
+    from matplotlib import colormaps
+
+    data: AblationData = plot.data
+    cmap = colormaps["tab10"]
+    many = len(data.columns) > 1
+    ylabel = f"{metric_label(data.metric, data.ks)} (mean ± std over seeds)"
+    if data.numeric():
+        key = data.keys[0]
+        for j, (dataset, bits) in enumerate(data.columns):
+            pts = [(data.values[s][key], data.cells[s, dataset, bits]) for s in data.settings
+                   if (s, dataset, bits) in data.cells and data.cells[s, dataset, bits]["n"]]
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            ax.errorbar(x, [p[1]["mean"] for p in pts], yerr=[0.0 if math.isnan(p[1]["std"]) else p[1]["std"]
+                                                               for p in pts],
+                        marker=MARKERS[j % len(MARKERS)], color=cmap(j % 10), capsize=3, linewidth=1.4,
+                        label=f"{dataset}, {bits} bits")
+        xs = sorted({v[key] for v in data.values.values()})
+        wide = xs[0] > 0 and xs[-1] / xs[0] >= 10  # e.g. learning rates: spread evenly on a log axis
+        if wide:
+            ax.set_xscale("log")
+        ax.set_xticks(xs, [_show(v) + (" (default)" if f"{key}={_show(v)}" in data.defaults else "") for v in xs],
+                      fontsize="small")
+        ax.minorticks_off()
+        ax.set_xlabel(key + (" (log scale)" if wide else ""))
+        if many:
+            ax.legend(fontsize="small", loc="best")
+    else:
+        width = 0.8 / max(len(data.columns), 1)
+        positions = np.arange(len(data.settings))
+        for j, (dataset, bits) in enumerate(data.columns):
+            cells = [data.cells.get((s, dataset, bits)) for s in data.settings]
+            means = [c["mean"] if c and c["n"] else 0.0 for c in cells]
+            errs = [c["std"] if c and c["n"] and not math.isnan(c["std"]) else 0.0 for c in cells]
+            x = positions - 0.4 + width * (j + 0.5)
+            bars = ax.bar(x, means, width * 0.9, yerr=errs, capsize=3, color=cmap(j % 10),
+                          label=f"{dataset}, {bits} bits", edgecolor="black", linewidth=0.5)
+            labels = [f"{c['mean']:.3f}" if c and c["n"] else "failed" if c and c["failed"] else "–" for c in cells]
+            ax.bar_label(bars, labels, padding=2, fontsize=7, rotation=90 if many else 0)
+        ticks = [s + ("\n(default)" if s in data.defaults else "") for s in data.settings]
+        ax.set_xticks(positions, ticks, fontsize="small", rotation=20 if len(data.settings) > 4 else 0,
+                      ha="right" if len(data.settings) > 4 else "center")
+        ax.set_xlabel(", ".join(data.keys))
+        top = max([c["mean"] + (0 if math.isnan(c["std"]) else c["std"])
+                   for c in data.cells.values() if c["n"]] or [1.0])
+        ax.set_ylim(0, min(1.0, top * 1.15) if top <= 1 else top * 1.15)
+        if many:
+            ax.legend(fontsize="small", loc="lower right")
+    ax.set_ylabel(ylabel)
+
+
+def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict[str, Any]) -> list[Path]:
+    """Draw ``plot`` and save ``<out_dir>/<stem>.<fmt>`` per format; returns the paths."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    if plot.kind in ("pr", "pk"):
+        _draw_curves(ax, plot, colors)
+    elif plot.kind == "bits":
+        _draw_bits(ax, plot, colors)
+    else:
+        _draw_ablation(ax, plot)
+    _title(ax, plot.title)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{plot.stem}.{fmt}"
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
+        fig.savefig(path, format=fmt, metadata=metadata)
+        paths.append(path)
+    plot.files = paths
+    return paths
+
+
+def make_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
+               metric: str = "map") -> list[Plot]:
+    """Plan and draw every figure under ``<results_dir>/plots``; returns the plots (with their files)."""
+    formats = check_plot_formats(formats)
+    plots = plan_plots(records, results_dir, metric)
+    colors = _colors(record_row(r)["method"] for r in done_records(records))
+    for plot in plots:
+        render(plot, Path(results_dir) / "plots", formats, colors)
+    return plots
+
+
+def write_plots(results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS, metric: str = "map") -> list[Path]:
+    """``hashbench plot``: every figure of the records under ``results_dir``; returns the files written."""
+    from .store import RunStore
+
+    formats = check_plot_formats(formats)
+    check_metric(metric)
+    plots = make_plots(RunStore(results_dir).records(), results_dir, formats, metric)
+    return [p for plot in plots for p in plot.files]

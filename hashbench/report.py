@@ -1,0 +1,430 @@
+"""One static HTML page of a results folder: ``hashbench report`` -> ``<results>/report/index.html``.
+
+The page holds the comparison table (the content of ``tables/<metric>.md``, best values in bold),
+the ablation tables, every plot of ``hashbench plot`` (PNG embedded as base64 data URIs), the
+protocol facts and the environment recorded by the runs, and the list of runs, each with its
+full resolved config. It is self-contained: no server, no network, no external file; it opens
+from disk. The plots are always regenerated first (``plots/``, PNG and PDF), so the page never
+shows figures older than the records.
+
+``--screenshot`` then renders the page in headless Chromium (``chromium``, or the program named
+by ``HASHBENCH_CHROMIUM``) and saves ``report/screenshot.png`` (1280 x 1600).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import HashbenchError
+from .plots import (
+    DEFAULT_FORMATS,
+    AblationData,
+    Plot,
+    done_records,
+    make_plots,
+    metric_label,
+)
+from .tables import (
+    MEASURED,
+    PUBLISHED,
+    check_metric,
+    cutoffs,
+    published_sources,
+    record_row,
+    records_frame,
+    summary_frame,
+    to_markdown,
+    wide_table,
+)
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+SCREENSHOT_SIZE = (1280, 1600)
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2330;
+       background: #f6f7f9; }
+header { background: #1f3a5f; color: #fff; padding: 18px 32px; }
+header h1 { margin: 0 0 4px; font-size: 24px; }
+header p { margin: 0; opacity: .85; }
+main { padding: 8px 32px 40px; max-width: 1500px; }
+nav { margin: 12px 0; }
+nav a { margin-right: 14px; color: #1f3a5f; }
+section { background: #fff; border: 1px solid #dde1e7; border-radius: 6px; padding: 4px 20px 16px; margin: 16px 0; }
+h2 { font-size: 19px; border-bottom: 1px solid #dde1e7; padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border: 1px solid #d5d9e0; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #eef1f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.cmp td { text-align: center; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.cmp td:first-child { text-align: left; }
+th.pub, td.pub { background: #f7f3e8; color: #555; }
+.note { color: #555; font-size: 13px; max-width: 1100px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 12px; }
+figure { margin: 0; border: 1px solid #e3e6eb; border-radius: 4px; padding: 6px; background: #fff; }
+figure img { width: 100%; height: auto; display: block; }
+figcaption { font-size: 12px; color: #555; }
+details pre { max-height: 360px; overflow: auto; background: #f4f5f7; padding: 6px; font-size: 12px; }
+.failed { color: #b00020; font-weight: 600; }
+footer { color: #777; font-size: 12px; padding: 0 32px 24px; }
+"""
+
+# Records in the page, once it has loaded, how many of its images decoded (a headless browser
+# check reads these attributes; a reader sees the footer line).
+IMAGE_CHECK = """
+window.addEventListener("load", function () {
+  var images = document.images, decoded = 0;
+  for (var i = 0; i < images.length; i++) {
+    if (images[i].complete && images[i].naturalWidth > 0) decoded++;
+  }
+  var el = document.getElementById("image-check");
+  el.setAttribute("data-images", String(images.length));
+  el.setAttribute("data-decoded", String(decoded));
+  el.textContent = decoded + " of " + images.length + " plots displayed.";
+});
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def _header(columns: Sequence[tuple[str, str, int]], corner: str) -> str:
+    groups: list[list[Any]] = []
+    for block, dataset, _ in columns:
+        label = dataset + (" (published)" if block == PUBLISHED else "")
+        if groups and groups[-1][0] == label:
+            groups[-1][1] += 1
+        else:
+            groups.append([label, 1, block])
+    top = "".join(f'<th colspan="{n}"{" class=pub" if block == PUBLISHED else ""}>{esc(label)}</th>'
+                  for label, n, block in groups)
+    bottom = "".join(f'<th{" class=pub" if block == PUBLISHED else ""}>{bits} bits</th>'
+                     for block, _, bits in columns)
+    return f'<thead><tr><th rowspan="2">{esc(corner)}</th>{top}</tr><tr>{bottom}</tr></thead>'
+
+
+def html_table(table: pd.DataFrame, corner: str = "method") -> str:
+    """A :func:`hashbench.tables.wide_table` (cells already escaped) as an HTML table."""
+    if table.empty:
+        return "<p><em>no finished runs</em></p>"
+    rows = []
+    for label, row in table.iterrows():
+        cells = "".join(f'<td{" class=pub" if key[0] == PUBLISHED else ""}>{text}</td>'
+                        for key, text in zip(table.columns, row.tolist()))
+        rows.append(f"<tr><td>{esc(label)}</td>{cells}</tr>")
+    return f'<table class="cmp">{_header(list(table.columns), corner)}<tbody>{"".join(rows)}</tbody></table>'
+
+
+def comparison_section(records: Sequence[dict[str, Any]], metric: str) -> str:
+    frame = records_frame(records)
+    summary = summary_frame(frame, metric)
+    table = wide_table(summary, ("<strong>", "</strong>"), esc)
+    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame))
+    note = " ".join(line for line in markdown.splitlines() if line.strip() and not line.startswith("|"))
+    return (f'<section id="tables"><h2>Comparison: {esc(metric_label(metric))}</h2>'
+            f"{html_table(table)}<p class=note>{esc(note)}</p>"
+            "<p class=note>Rows <code>method[key=value]</code> are runs with that parameter changed from the "
+            "method's default (ablations).</p></section>")
+
+
+def ablation_table(data: AblationData) -> str:
+    columns = [(MEASURED, dataset, bits) for dataset, bits in data.columns]
+    body = []
+    for setting in data.settings:
+        cells = []
+        for dataset, bits in data.columns:
+            cell = data.cells.get((setting, dataset, bits))
+            if cell is None or (not cell["n"] and not cell["failed"]):
+                text = "–"
+            elif not cell["n"]:
+                text = '<span class="failed">failed</span>'
+            else:
+                text = (f"{cell['mean']:.4f} ± {cell['std']:.4f}" if cell["n"] > 1 and cell["std"] == cell["std"]
+                        else f"{cell['mean']:.4f}")
+                text = f"<strong>{text}</strong>" if cell["best"] else text
+                if cell["failed"]:
+                    text += f' <span class="failed">({cell["failed"]} failed)</span>'
+            cells.append(f"<td>{text}</td>")
+        label = setting + (" (default)" if setting in data.defaults else "")
+        body.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
+    source = data.source if data.source == "records" else Path(data.source).name
+    return (f'<h3 id="{esc(data.name)}">{esc(data.name)}</h3><table class="cmp">{_header(columns, data.method)}'
+            f"<tbody>{''.join(body)}</tbody></table>"
+            f"<p class=note>{esc(data.note)} Source: {esc(source)}.</p>")
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _img(plot: Plot) -> str:
+    png = next((p for p in plot.files if p.suffix == ".png"), None)
+    if png is None:
+        return ""
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (f'<figure id="plot-{esc(plot.stem)}"><img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><strong>{esc(plot.stem)}</strong>: {esc(plot.caption)}</figcaption></figure>")
+
+
+def plots_section(plots: Sequence[Plot]) -> str:
+    parts = [('<section id="plots"><h2>Plots</h2>'
+              "<p class=note>Also under <code>plots/</code> as PNG and PDF (<code>hashbench plot</code>). "
+              "Curves and the metric against bits show each method's baseline runs (its default "
+              "parameters, or the changes all its runs share); variants with more changes are in the "
+              "ablations. Legends give the number of seeds averaged.</p>")]
+    datasets = list(dict.fromkeys(p.dataset for p in plots if p.dataset is not None))
+    for dataset in datasets:
+        mine = [p for p in plots if p.dataset == dataset]
+        parts.append(f"<h3>{esc(dataset)}</h3><div class=plots>{''.join(_img(p) for p in mine)}</div>")
+    ablations = [p for p in plots if p.kind == "ablation"]
+    if ablations:
+        parts.append(f"<h3>Ablations</h3><div class=plots>{''.join(_img(p) for p in ablations)}</div>")
+    return "".join(parts) + "</section>"
+
+
+def ablations_section(plots: Sequence[Plot]) -> str:
+    ablations = [p.data for p in plots if p.kind == "ablation"]
+    if not ablations:
+        return ""
+    return ('<section id="ablations"><h2>Ablations</h2>'
+            "<p class=note>From the tables <code>hashbench ablate</code> wrote (exactly each ablation's runs), "
+            "or, where no table exists, from records differing from the method's baseline runs in one "
+            "parameter.</p>" + "".join(ablation_table(a) for a in ablations) + "</section>")
+
+
+# ----------------------------------------------------------------------------- facts
+
+def _values(items: Iterable[Any]) -> str:
+    """Distinct values, with their run counts when there are several."""
+    counts = Counter(json.dumps(v, sort_keys=True) if not isinstance(v, str) else v for v in items)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{value} ({n} runs)" for value, n in sorted(counts.items()))
+
+
+def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def protocol_section(records: Sequence[dict[str, Any]]) -> str:
+    done = done_records(records)
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for rec in done:
+        by_variant.setdefault(record_row(rec)["protocol_variant"], []).append(rec)
+    parts = [('<section id="protocol"><h2>Protocol</h2>'
+              "<p class=note>As recorded by the finished runs (a value that differs between runs is "
+              "listed with its run counts).</p>")]
+    for variant, recs in sorted(by_variant.items()):
+        protocols = [r.get("protocol") or {} for r in recs]
+        rows: list[tuple[str, str]] = []
+        keys = sorted({k for p in protocols for k in p} - {"name"})
+        first = ("relevance", "multi_label", "num_classes", "topk")
+        for key in [*(k for k in first if k in keys), *(k for k in keys if k not in first)]:
+            label = "topk (K of mAP@K)" if key == "topk" else key
+            rows.append((label, _values(p.get(key) for p in protocols)))
+        sizes = [r.get("splits") or {} for r in recs]
+        for split in sorted({s for d in sizes for s in d}):
+            rows.append((f"{split} items", _values(d.get(split) for d in sizes)))
+        inputs = Counter(record_row(r)["dataset"] for r in recs)
+        rows.append(("inputs (table columns)", "; ".join(f"{k} ({n} runs)" for k, n in sorted(inputs.items()))))
+        features = [{k: v for k, v in (r.get("features") or {}).items() if k != "cached"}
+                    for r in recs if r.get("features")]
+        if features:
+            rows.append(("feature extraction", _values(features)))
+        parts.append(f"<h3>{esc(variant)}</h3>{_kv_table(rows)}")
+    return "".join(parts) + "</section>"
+
+
+def _installed(names: Sequence[str]) -> str:
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def environment_section(records: Sequence[dict[str, Any]]) -> str:
+    rows: list[tuple[str, str]] = []
+    versions = [r.get("versions") or {} for r in records]
+    packages = sorted({k for v in versions for k in v}, key=lambda k: (k != "python", k != "hashbench", k))
+    for name in packages:
+        rows.append((name, _values(v.get(name, "not recorded") for v in versions)))
+    for name in ("torch", "timm", "torchvision"):
+        if name not in packages:
+            rows.append((name, "not recorded in the run records"))
+    rows.append(("host", _values(r.get("host", "not recorded") for r in records)))
+    devices = [((r.get("training") or {}).get("device") or "no device (numpy)") for r in records
+               if r.get("status") == "done"]
+    rows.append(("device", _values(devices)))
+    weights = Counter()
+    for r in records:
+        w = (r.get("features") or {}).get("weights") or ((r.get("training") or {}).get("backbone") or {}).get("weights")
+        if w:
+            weights[w] += 1
+    if weights:
+        rows.append(("backbone weights", "; ".join(f"{w} ({n} runs)" for w, n in sorted(weights.items()))))
+    started = sorted(r["started_at"] for r in records if r.get("started_at"))
+    finished = sorted(r["finished_at"] for r in records if r.get("finished_at"))
+    if started and finished:
+        rows.append(("runs started / finished", f"{started[0]} … {finished[-1]}"))
+    seconds = sum(float(r.get("seconds") or 0.0) for r in records)
+    rows.append(("run time, all runs", f"{seconds:.0f} s ({seconds / 60:.1f} min)"))
+    rows.append(("this report built with", _installed(("hashbench", "matplotlib", "pandas", "numpy", "torch", "timm"))))
+    return (f'<section id="environment"><h2>Environment</h2>'
+            f"<p class=note>As recorded by the runs (per package, every version seen).</p>{_kv_table(rows)}</section>")
+
+
+def runs_section(records: Sequence[dict[str, Any]], metric: str) -> str:
+    head = ("<tr><th>run id</th><th>method</th><th>dataset</th><th>bits</th><th>seed</th><th>status</th>"
+            f"<th>{esc(metric)}</th><th>seconds</th><th>config</th></tr>")
+    body = []
+    for rec in sorted(records, key=lambda r: r["run_id"]):
+        row = record_row(rec)
+        value = row.get(metric)
+        status = rec.get("status", "?")
+        config = json.dumps(rec.get("config"), indent=1, sort_keys=True)
+        extra = ""
+        if rec.get("error"):
+            extra = f"\n\nerror: {rec['error']}"
+        seconds = rec.get("seconds")
+        body.append(
+            f'<tr id="run-{esc(rec["run_id"])}"><td><code>{esc(rec["run_id"])}</code></td><td>{esc(row["method"])}</td>'
+            f"<td>{esc(row['dataset'])}</td><td class=num>{row['bits']}</td><td class=num>{row['seed']}</td>"
+            f"<td{' class=failed' if status != 'done' else ''}>{esc(status)}</td>"
+            f"<td class=num>{'' if value is None else f'{value:.4f}'}</td>"
+            f"<td class=num>{'' if seconds is None else f'{float(seconds):.1f}'}</td>"
+            f"<td><details><summary>config</summary><pre>{esc(config + extra)}</pre></details></td></tr>")
+    counts = Counter(r.get("status") for r in records)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+    return (f'<section id="runs"><h2>Runs ({len(records)}: {esc(summary)})</h2>'
+            f"<table>{head}{''.join(body)}</table></section>")
+
+
+# ----------------------------------------------------------------------------- page
+
+def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], results_dir: str | Path,
+                metric: str = "map") -> str:
+    check_metric(metric)
+    done = done_records(records)
+    datasets = sorted(set(records_frame(done)["dataset"]))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hashbench report: {esc(Path(results_dir).resolve().name)}</title>
+<style>{CSS}</style></head>
+<body>
+<header><h1>hashbench report</h1>
+<p>{len(records)} runs ({len(done)} finished) on {esc(", ".join(datasets))}; results folder
+<code>{esc(Path(results_dir).resolve())}</code>; generated {esc(stamp)}.</p></header>
+<main>
+<nav><a href="#tables">Comparison</a><a href="#plots">Plots</a><a href="#ablations">Ablations</a>
+<a href="#protocol">Protocol</a><a href="#environment">Environment</a><a href="#runs">Runs</a></nav>
+{comparison_section(done, metric)}
+{plots_section(plots)}
+{ablations_section(plots)}
+{protocol_section(records)}
+{environment_section(records)}
+{runs_section(records, metric)}
+</main>
+<footer><p id="image-check" data-images="" data-decoded="">{len([p for p in plots if p.files])} plots embedded.</p>
+<p>Generated by <code>hashbench report</code>; self-contained (plots embedded as PNG data).</p></footer>
+<script>{IMAGE_CHECK}</script>
+</body></html>
+"""
+
+
+def write_report(results_dir: str | Path, metric: str = "map",
+                 formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[Path, list[Path]]:
+    """Regenerate the plots, then write ``<results_dir>/report/index.html``; returns the page and the
+    plot files."""
+    from .store import RunStore
+
+    check_metric(metric)
+    formats = list(dict.fromkeys(["png", *formats]))
+    results_dir = Path(results_dir)
+    records = RunStore(results_dir).records()
+    plots = make_plots(records, results_dir, formats, metric)  # raises the one-line error for no runs
+    page = results_dir / "report" / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(render_html(records, plots, results_dir, metric), encoding="utf-8")
+    return page, [p for plot in plots for p in plot.files]
+
+
+# ----------------------------------------------------------------------------- chromium
+
+def find_chromium() -> str | None:
+    """``HASHBENCH_CHROMIUM``, else the first of chromium, chromium-browser, google-chrome on PATH."""
+    named = os.environ.get("HASHBENCH_CHROMIUM")
+    if named:
+        return shutil.which(named) or (named if Path(named).exists() else None)
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def run_chromium(page: str | Path, *args: str, timeout: float = 120.0) -> str:
+    """Run headless Chromium on ``page`` with ``args``; returns its stdout. One-line errors."""
+    exe = find_chromium()
+    if exe is None:
+        raise HashbenchError("no Chromium found (apt-get install -y chromium, or set HASHBENCH_CHROMIUM)")
+    with tempfile.TemporaryDirectory(prefix="hashbench-chromium-") as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+               "--no-first-run", "--mute-audio", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+               *args, Path(page).resolve().as_uri()]
+        try:
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HashbenchError(f"chromium did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HashbenchError(f"chromium exited with code {proc.returncode}: {last}")
+    return proc.stdout
+
+
+def dump_dom(page: str | Path) -> str:
+    """The page's DOM after load (and after its scripts ran), as Chromium serialises it."""
+    return run_chromium(page, "--dump-dom")
+
+
+def image_check(page: str | Path) -> tuple[int, int]:
+    """(decoded, total): the page's images that Chromium decoded (naturalWidth > 0), as the page's
+    own load script recorded them in the DOM."""
+    dom = dump_dom(page)
+    found = re.search(r'data-images="(\d+)" data-decoded="(\d+)"', dom)
+    if found is None:
+        raise HashbenchError(f"{page}: the page's image check did not run in Chromium")
+    return int(found.group(2)), int(found.group(1))
+
+
+def screenshot(page: str | Path, out: str | Path, size: tuple[int, int] = SCREENSHOT_SIZE) -> Path:
+    """Render ``page`` in headless Chromium and save a ``size`` PNG screenshot to ``out``."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.unlink()
+    run_chromium(page, f"--screenshot={out}", f"--window-size={size[0]},{size[1]}")
+    if not out.exists() or out.stat().st_size == 0:
+        raise HashbenchError(f"chromium wrote no screenshot to {out}")
+    return out
