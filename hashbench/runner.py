@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import shutil
 import socket
@@ -32,7 +33,7 @@ from .store import RunStore
 
 SCALAR_METRICS = ("map", "topk", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
 CURVES = ("pr_curve", "precision_at_k")
-VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy")
+VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class RunTask:
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(),
+                # BLAS/OpenMP threads can move float results in the last digits (see README, Executors)
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"), "cpu_count": str(os.cpu_count())}
     for name in (*VERSIONED, *extra):
         try:
             versions[name] = metadata.version(name)
