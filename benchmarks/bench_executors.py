@@ -50,10 +50,15 @@ def main() -> int:
             "--no-progress", "--no-table"]
     with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
         tmp_path = Path(tmp)
+        # the executor files extend the default experiment (its backbone and input size), so that
+        # every executor runs exactly the grid of the flags above
+        from hashbench.config import DEFAULT_EXPERIMENT
+
+        base = Path(DEFAULT_EXPERIMENT).read_text() + "\n"
         ray_exp = tmp_path / "ray.yaml"
-        ray_exp.write_text(f"executor: ray\nexecutor_params: {{num_cpus: {args.jobs}}}\n")
+        ray_exp.write_text(base + f"executor: ray\nexecutor_params: {{num_cpus: {args.jobs}}}\n")
         slurm_exp = tmp_path / "slurm.yaml"
-        slurm_exp.write_text(f"executor: slurm\nexecutor_params: {{cluster: local, array_parallelism: {args.jobs}, "
+        slurm_exp.write_text(base + f"executor: slurm\nexecutor_params: {{cluster: local, array_parallelism: {args.jobs}, "
                              "poll_s: 0.2}\n")
         executors = {
             "local": [],
