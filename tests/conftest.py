@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import types
+from dataclasses import dataclass
+
+import numpy as np
 
 import pytest
 
@@ -74,3 +77,54 @@ def _one_line_error(err: str) -> str:
 def one_line_error():
     """The check that an error output is one 'hashbench: ...' line with no traceback."""
     return _one_line_error
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (two threads on a shared 2-core machine can be 100x
+    slower when another process holds a core); the previous count is restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class PatternedImages:
+    """4 classes x 15 noisy 16x16 RGB patterns (horizontal / vertical stripes, checks,
+    diagonals): uint8 ``x`` (60, 16, 16, 3), int ``y`` (60,); id arrays ``query`` (3 per class),
+    ``val`` (2 per class) and ``train`` (the other 10 per class)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    query: np.ndarray
+    val: np.ndarray
+    train: np.ndarray
+
+    def split(self, ids: np.ndarray):
+        from hashbench.components import Split
+
+        return Split(self.x[ids], self.y[ids], ids)
+
+
+@pytest.fixture
+def patterned_images() -> PatternedImages:
+    """The tiny image data of the deep methods' fit tests (see :class:`PatternedImages`)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    patterns = [(yy // 2) % 2, (xx // 2) % 2, ((yy // 2) + (xx // 2)) % 2, ((yy + xx) // 3) % 2]
+    colors = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [240, 240, 40]])
+    x, y = [], []
+    for c, pattern in enumerate(patterns):
+        for _ in range(15):
+            image = pattern[..., None] * colors[c] + rng.normal(0, 25, (16, 16, 3))
+            x.append(np.clip(image, 0, 255).astype(np.uint8))
+            y.append(c)
+    x, y = np.stack(x), np.array(y)
+    ids = np.arange(len(y))
+    query = np.concatenate([ids[y == c][:3] for c in range(4)])
+    val = np.concatenate([ids[y == c][3:5] for c in range(4)])
+    train = np.setdiff1d(ids, np.concatenate([query, val]))
+    return PatternedImages(x, y, query, val, train)

@@ -30,12 +30,7 @@ def _registered():
         registry_module.reload(extra_plugins={"cibhash-test": cibhash_plugin})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quadrants(n: int, seed: int, offset: int = 0) -> Split:

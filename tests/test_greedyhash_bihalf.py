@@ -259,40 +259,17 @@ def test_plugin_modules_do_not_import_torch(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def _patterned_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """4 classes of noisy 16x16 RGB patterns: horizontal / vertical stripes, checks, diagonals."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:16, :16]
-    patterns = [(yy // 2) % 2, (xx // 2) % 2, ((yy // 2) + (xx // 2)) % 2, ((yy + xx) // 3) % 2]
-    colors = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [240, 240, 40]])
-    x, y = [], []
-    for c, pattern in enumerate(patterns):
-        for _ in range(per_class):
-            image = pattern[..., None] * colors[c] + rng.normal(0, 25, (16, 16, 3))
-            x.append(np.clip(image, 0, 255).astype(np.uint8))
-            y.append(c)
-    return np.stack(x), np.array(y)
-
-
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.name)
-def test_tiny_fit_and_encode(cls, tmp_path):
+def test_tiny_fit_and_encode(cls, patterned_images, tmp_path):
     """Random-init vit_tiny at 32 px (frozen, view bank), 60 images, a few epochs: better than
     chance. Not resnet18: random-init ReLU CNN features all have cosines near 1 (> 0.86 here), so
     GreedyHash's targets ask for equal codes and it collapses, as its loss says it should."""
     if importlib.util.find_spec("hashbench.train") is None:
         pytest.skip("hashbench.train (the shared training loop) is not there yet")
-    from hashbench.components import Split
     from hashbench.evaluate import map_at_k, pack_codes
 
-    x, y = _patterned_images(15)
-    ids = np.arange(len(y))
-    query = np.concatenate([ids[y == c][:3] for c in range(4)])
-    val = np.concatenate([ids[y == c][3:5] for c in range(4)])
-    train = np.setdiff1d(ids, np.concatenate([query, val]))
-
-    def split(sel):
-        return Split(x[sel], y[sel], sel)
-
+    data = patterned_images
+    x, y, query, val, train, split = data.x, data.y, data.query, data.val, data.train, data.split
     method = cls(bits=16, seed=0, backbone="vit_tiny_patch16_224", pretrained=False, input_size=32,
                  epochs=4, batch_size=16, bank_views=2, val_every=2, patience=0)
     method.workdir = tmp_path

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 import hashbench  # noqa: E402
 import hashbench.plugins.nsh as nsh_plugin  # noqa: E402
 from hashbench import registry as registry_module  # noqa: E402
-from hashbench.components import Split, build_config  # noqa: E402
+from hashbench.components import build_config  # noqa: E402
 from hashbench.config import Experiment, parse_set  # noqa: E402
 from hashbench.errors import HashbenchError  # noqa: E402
 from hashbench.evaluate import map_at_k, pack_codes  # noqa: E402
@@ -44,12 +44,7 @@ def _registered():
         registry_module.reload(extra_plugins={"nsh-test": nsh_plugin})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def needs(sorter: str) -> None:
@@ -358,31 +353,9 @@ def test_plugin_module_does_not_import_torch(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def _patterned_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """4 classes of noisy 16x16 RGB patterns: horizontal / vertical stripes, checks, diagonals."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:16, :16]
-    patterns = [(yy // 2) % 2, (xx // 2) % 2, ((yy // 2) + (xx // 2)) % 2, ((yy + xx) // 3) % 2]
-    colors = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [240, 240, 40]])
-    x, y = [], []
-    for c, pattern in enumerate(patterns):
-        for _ in range(per_class):
-            image = pattern[..., None] * colors[c] + rng.normal(0, 25, (16, 16, 3))
-            x.append(np.clip(image, 0, 255).astype(np.uint8))
-            y.append(c)
-    return np.stack(x), np.array(y)
-
-
-def _tiny_fit(tmp_path, epochs: int = 4, **params):
-    x, y = _patterned_images(15)
-    ids = np.arange(len(y))
-    query = np.concatenate([ids[y == c][:3] for c in range(4)])
-    val = np.concatenate([ids[y == c][3:5] for c in range(4)])
-    train = np.setdiff1d(ids, np.concatenate([query, val]))
-
-    def split(sel):
-        return Split(x[sel], y[sel], sel)
-
+def _tiny_fit(patterned_images, tmp_path, epochs: int = 4, **params):
+    data = patterned_images
+    x, y, query, val, train, split = data.x, data.y, data.query, data.val, data.train, data.split
     method = hashbench.create("method", "nsh", bits=16, seed=0, backbone="vit_tiny_patch16_224", pretrained=False,
                               input_size=32, epochs=epochs, batch_size=16, bank_views=2, val_every=2, patience=0,
                               **params)
@@ -391,9 +364,9 @@ def _tiny_fit(tmp_path, epochs: int = 4, **params):
     return method, x, y, query, train
 
 
-def test_tiny_fit_and_encode_beats_chance(tmp_path):
+def test_tiny_fit_and_encode_beats_chance(patterned_images, tmp_path):
     """Random-init vit_tiny at 32 px (frozen, view bank), 60 images, 4 epochs: better than chance."""
-    method, x, y, query, train = _tiny_fit(tmp_path)
+    method, x, y, query, train = _tiny_fit(patterned_images, tmp_path)
     cq, cd = method.encode(x[query]), method.encode(x[train])
     assert cq.dtype == bool and cq.shape == (12, 16) and cd.shape == (len(train), 16)
     assert len(np.unique(cd, axis=0)) > 1
@@ -409,8 +382,8 @@ def test_tiny_fit_and_encode_beats_chance(tmp_path):
     assert score > chance + 0.2, (score, chance)
 
 
-def test_tiny_fit_with_neuralsort_runs(tmp_path):
-    method, x, y, query, train = _tiny_fit(tmp_path, epochs=2, sorter="neuralsort")
+def test_tiny_fit_with_neuralsort_runs(patterned_images, tmp_path):
+    method, x, y, query, train = _tiny_fit(patterned_images, tmp_path, epochs=2, sorter="neuralsort")
     codes = method.encode(x[query])
     assert codes.dtype == bool and codes.shape == (12, 16)
     assert all(math.isfinite(e["loss"]) for e in method.report()["epochs"])

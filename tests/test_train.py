@@ -27,12 +27,7 @@ from hashbench.deep import DeepHashMethod, TrainConfig  # noqa: E402
 from hashbench.errors import HashbenchError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quadrants(n: int, seed: int, offset: int = 0, side: int = 16) -> Split:

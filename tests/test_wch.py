@@ -28,7 +28,7 @@ from hashbench.plugins.wch.model import (
 
 import hashbench
 from hashbench import registry as registry_module
-from hashbench.components import Split, build_config
+from hashbench.components import build_config
 from hashbench.config import Experiment, parse_set
 from hashbench.deep import TrainConfig
 from hashbench.errors import HashbenchError
@@ -45,12 +45,7 @@ def _registered():
         registry_module.reload(extra_plugins={"wch-test": wch_plugin})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tokens(n: int = 4, p: int = 3, d: int = 5, seed: int = 0, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,44 +453,22 @@ def test_plugin_module_does_not_import_torch(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-def _patterned_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """4 classes of noisy 16x16 RGB patterns: horizontal / vertical stripes, checks, diagonals."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:16, :16]
-    patterns = [(yy // 2) % 2, (xx // 2) % 2, ((yy // 2) + (xx // 2)) % 2, ((yy + xx) // 3) % 2]
-    colors = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255], [240, 240, 40]])
-    x, y = [], []
-    for c, pattern in enumerate(patterns):
-        for _ in range(per_class):
-            image = pattern[..., None] * colors[c] + rng.normal(0, 25, (16, 16, 3))
-            x.append(np.clip(image, 0, 255).astype(np.uint8))
-            y.append(c)
-    return np.stack(x), np.array(y)
-
-
 TINY = {"backbone": "vit_tiny_patch16_224", "pretrained": False, "input_size": 32, "batch_size": 16,
         "val_every": 2, "patience": 0, "hidden_dim": 64}
 
 
-def _tiny_fit(tmp_path, epochs: int = 4, **params):
-    x, y = _patterned_images(15)
-    ids = np.arange(len(y))
-    query = np.concatenate([ids[y == c][:3] for c in range(4)])
-    val = np.concatenate([ids[y == c][3:5] for c in range(4)])
-    train = np.setdiff1d(ids, np.concatenate([query, val]))
-
-    def split(sel):
-        return Split(x[sel], y[sel], sel)
-
+def _tiny_fit(patterned_images, tmp_path, epochs: int = 4, **params):
+    data = patterned_images
+    x, y, query, val, train, split = data.x, data.y, data.query, data.val, data.train, data.split
     method = hashbench.create("method", "wch", bits=16, seed=0, epochs=epochs, **{**TINY, **params})
     method.workdir = tmp_path
     method.fit(split(train), split(val))
     return method, x, y, query, train
 
 
-def test_tiny_fit_and_encode_beats_chance(tmp_path):
+def test_tiny_fit_and_encode_beats_chance(patterned_images, tmp_path):
     """Random-init vit_tiny at 32 px (2 x 2 tokens, frozen, view bank), 60 images: better than chance."""
-    method, x, y, query, train = _tiny_fit(tmp_path, bank_views=2)
+    method, x, y, query, train = _tiny_fit(patterned_images, tmp_path, bank_views=2)
     cq, cd = method.encode(x[query]), method.encode(x[train])
     assert cq.dtype == bool and cq.shape == (12, 16) and cd.shape == (len(train), 16)
     assert len(np.unique(cd, axis=0)) > 1
@@ -513,9 +486,9 @@ def test_tiny_fit_and_encode_beats_chance(tmp_path):
 
 
 @pytest.mark.parametrize("frozen", [True, False])
-def test_tiny_fit_unbanked_runs(tmp_path, frozen):
+def test_tiny_fit_unbanked_runs(patterned_images, tmp_path, frozen):
     """bank_views=0: augmentation and the backbone at every step; frozen=False fine-tunes it."""
-    method, x, _, query, _ = _tiny_fit(tmp_path, epochs=1, bank_views=0, frozen=frozen, lr=1e-3)
+    method, x, _, query, _ = _tiny_fit(patterned_images, tmp_path, epochs=1, bank_views=0, frozen=frozen, lr=1e-3)
     log = method.report()
     assert not log["banked"] and log["epochs_run"] == 1
     assert all(math.isfinite(v) for v in log["epochs"][0]["terms"].values())
