@@ -122,11 +122,6 @@ def output_shapes(backbone: Any, outputs: Sequence[str]) -> dict[str, tuple[int,
     return {k: tuple(int(d) for d in v.shape[1:]) for k, v in out.items()}
 
 
-def output_shape(backbone: Any, output: str) -> tuple[int, ...]:
-    """Shape of one item's backbone output ((F,) or (T, C))."""
-    return output_shapes(backbone, (output,))[output]
-
-
 def feature_batches(backbone: Any, x: Any, output: str = "pooled", batch_size: int = BATCH_SIZE,
                     desc: str | None = None) -> Iterator[np.ndarray]:
     """Backbone outputs of the clean images ``x``, batch by batch: float32 numpy (b, ...).
@@ -166,13 +161,14 @@ def _key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _load(folder: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+def _load(folder: Path, shape: tuple[int, ...], fetch: bool = True) -> np.ndarray | None:
     """The cached array of ``shape`` in ``folder``; None if absent. An unreadable or misshapen
-    entry is removed (so that the recomputed one can be stored)."""
+    entry is removed (so that the recomputed one can be stored). ``fetch=False``: only the
+    header is read; the array is a read-only memory map."""
     if not folder.exists():
         return None
     try:
-        array = np.load(folder / "features.npy", allow_pickle=False)
+        array = np.load(folder / "features.npy", allow_pickle=False, mmap_mode=None if fetch else "r")
         if tuple(array.shape) == shape:
             return array
     except (OSError, ValueError):
@@ -190,13 +186,14 @@ def _outputs(outputs: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def clean_outputs(backbone: Any, x: Any, outputs: Sequence[str], *, digest: str | None = None,
-                  progress: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
+                  progress: bool = True, fetch: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
     """Backbone outputs of the unaugmented images ``x`` (frozen backbone), cached on disk.
 
     For each kind of ``outputs``: (float32 (N, F) or (N, T, C), info) with info ``{"key",
     "cache_hit"}``; or (None, info with ``"reason"``) when it would exceed MAX_BYTES (callers
     stream with :func:`feature_batches`). The kinds not cached yet are computed in one pass.
-    ``digest``: ``content_hash(x)`` if already known.
+    ``digest``: ``content_hash(x)`` if already known. ``fetch=False`` (to warm the cache): a
+    cached kind is checked but not read into memory (a read-only memory map is returned).
     """
     if not backbone.config.frozen:
         raise HashbenchError("clean features are cached for frozen backbones only")
@@ -215,7 +212,7 @@ def clean_outputs(backbone: Any, x: Any, outputs: Sequence[str], *, digest: str 
         identity = {"kind": "clean", "images": images, "output": name, **backbone_identity(backbone)}
         key = _key(identity)
         folder = cache_root() / "features" / key
-        cached = _load(folder, shape)
+        cached = _load(folder, shape, fetch)
         if cached is not None:
             result[name] = (cached, {"key": key, "cache_hit": True})
         else:
@@ -253,7 +250,7 @@ def clean_features(backbone: Any, x: Any, output: str = "pooled", *, digest: str
 
 
 def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence[str], *,
-               digest: str | None = None, progress: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
+               digest: str | None = None, progress: bool = True, fetch: bool = True) -> dict[str, tuple[np.ndarray | None, dict[str, Any]]]:
     """Backbone outputs of ``views`` augmented views of each image of ``x`` (frozen backbone).
 
     For each kind of ``outputs``: (bank (N, views, F) or (N, views, T, C), float32 or float16,
@@ -261,6 +258,7 @@ def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence
     (None, info with ``"reason"``) when too large. View a of the images in batch j
     (BATCH_SIZE images, in order) is augmented with seed ``derive_seed(BANK_SEED, a, j)``.
     Cached on disk; the kinds not cached yet are computed in one pass (a progress bar shows it).
+    ``fetch=False``: as in :func:`clean_outputs`.
     """
     import torch
     from tqdm.auto import tqdm
@@ -290,7 +288,7 @@ def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence
                     "seed": BANK_SEED, "dtype": info["dtype"], **backbone_identity(backbone)}
         key = _key(identity)
         folder = cache_root() / "banks" / key
-        cached = _load(folder, shape)
+        cached = _load(folder, shape, fetch)
         if cached is not None:
             result[name] = (cached, {**info, "key": key, "cache_hit": True})
         else:

@@ -267,7 +267,7 @@ def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bo
     Reads are grouped by dataset and backbone: each split's clean outputs of every kind the runs
     need (pooled features, tokens) come from ONE backbone pass (:func:`hashbench.banks.clean_outputs`),
     and so does each view bank (:func:`hashbench.banks.view_banks`). Cached results cost a disk
-    read. Returns what was done: [{dataset, backbone, what, outputs, cache_hit}].
+    read (their header: nothing is loaded into memory). Returns what was done: [{dataset, backbone, what, outputs, cache_hit}].
     """
     from .banks import clean_outputs, view_banks
 
@@ -289,11 +289,12 @@ def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bo
         _, splits = _load_splits(dataset, params)
         backbone = registry("backbone").create(name, pretrained=pretrained, input_size=input_size, frozen=True)
         for split, outputs in group["clean"].items():
-            got = clean_outputs(backbone, getattr(splits, split).x, sorted(outputs), progress=progress)
+            got = clean_outputs(backbone, getattr(splits, split).x, sorted(outputs), progress=progress, fetch=False)
             done.append({"dataset": dataset, "backbone": name, "what": f"clean {split}",
                          "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
         for (recipe, views), outputs in group["banks"].items():
-            got = view_banks(backbone, splits.train.x, recipe, views, sorted(outputs), progress=progress)
+            got = view_banks(backbone, splits.train.x, recipe, views, sorted(outputs), progress=progress,
+                             fetch=False)
             done.append({"dataset": dataset, "backbone": name, "what": f"bank {recipe} x{views}",
                          "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
     return done

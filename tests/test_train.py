@@ -170,6 +170,9 @@ def test_one_pass_gives_pooled_and_tokens_as_separate_passes_do(monkeypatch, tmp
     calls.clear()
     again = banks.clean_outputs(backbone, TRAIN.x, ["tokens", "pooled"])  # cached: no pass
     assert calls == [] and again["pooled"][1]["cache_hit"] and again["tokens"][1]["cache_hit"]
+    lazy = banks.clean_outputs(backbone, TRAIN.x, ["tokens"], fetch=False)  # warming: header only
+    assert calls == [] and isinstance(lazy["tokens"][0], np.memmap)
+    assert np.array_equal(lazy["tokens"][0], both["tokens"][0])
     monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path / "fresh"))
     pooled, _ = banks.clean_features(backbone, TRAIN.x, "pooled")
     tokens, _ = banks.clean_features(backbone, TRAIN.x, "tokens")
