@@ -103,3 +103,12 @@ class DeepHashMethod(HashMethod):
     def report(self) -> dict[str, Any]:
         state = getattr(self, "_state", None)
         return state.log if state is not None else {}
+
+
+def full_precision(tensor: Any) -> Any:
+    """``tensor`` in at least float32: float16/bfloat16 (autocast outputs) become float32,
+    float32 and float64 are returned as they are (an objective fed float64 stays float64, so
+    it can be checked against a reference to float64 rounding)."""
+    import torch
+
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

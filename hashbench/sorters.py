@@ -13,7 +13,14 @@ breaks ties by index).
 - ``softsort``: ``P[i, j] = softmax_j(-|sort_desc(s)_i - s_j|^power / temperature)``.
 - ``neuralsort``: ``P[i, j] = softmax_j(((n + 1 - 2i) s_j - sum_k |s_j - s_k|) / temperature)``.
 - ``torchsort``: ``P[i, j] = softmax_j(-(sort(r)_i - r_j)^2 / temperature)``, r the soft
-  descending ranks ``torchsort.soft_rank(-s)``; parameter ``regularization_strength``.
+  descending ranks ``torchsort.soft_rank(-s)``; parameter ``regularization_strength`` (score
+  units), ``temperature`` in squared rank units.
+
+Units: ``softsort``'s and ``exact``'s temperature is in score units (to the ``power``: the
+logits are |s_i - s_j|^power); ``neuralsort``'s in score units too (in row i, the logits of the
+items at ranks k and k + 1 differ by (2 (k - i) + 1) times the gap between their scores);
+``torchsort``'s as above. At every sorter's DEFAULT parameters, well-separated scores (gaps
+much larger than 1) are sorted: ``P @ s`` is the descending sort within 5 % of the gap (tested).
 
 Costs per batch row: all are O(n^2) time and memory (P itself is n x n); ``torchsort`` adds an
 O(n log n) isotonic regression. NeuralSort is computed with the row sums of A_s directly, not
@@ -171,8 +178,9 @@ class NeuralSortSorter(Sorter):
     ``P[b, i, :] = softmax(((n + 1 - 2i) s - A_s 1) / temperature)`` with i = 1..n and
     ``A_s[j, k] = |s_j - s_k|`` (row i = the i-th largest). ``A_s 1`` is computed as the row
     sums of A_s (O(n^2) per list); the authors' code multiplies A_s by a ones matrix (O(n^3)).
-    The logits scale with n times the score range, so comparable temperatures are larger than
-    SoftSort's; P tends to the exact permutation as temperature -> 0 for distinct scores.
+    ``temperature`` is in score units: the logits scale with n times the score range, but in row
+    i those of the items at ranks i and i +- 1 differ by the gap between their scores (which
+    SoftSort's temperature compares to the same gap); P tends to the exact permutation as temperature -> 0 for distinct scores.
     """
 
     name = "neuralsort"
@@ -209,15 +217,26 @@ class TorchsortSorter(Sorter):
     ranks in [1, n] (r_j ~ 1 for the largest score); they keep the order of the scores. P is
     SoftSort applied in rank space with a squared distance:
     ``P[b, i, j] = softmax_j(-(sort_asc(r)_i - r_j)^2 / temperature)``: the anchor of row i is
-    the soft rank of the item at rank i, so each row's largest entry is always the right item,
-    and a larger strength (ranks pulled toward (n + 1) / 2) only spreads the rows; a huge
-    strength gives uniform rows. ``temperature`` (squared rank units) defaults to
-    ``regularization_strength`` (score units). Once the strength is below the smallest gap
-    between scores the l2 soft ranks are exact integers (a projection onto the permutahedron),
-    the off-rank weights are at most ~exp(-1 / temperature), and P tends to the exact permutation
-    as the strength -> 0. (Anchoring rows at the integer positions i instead of sort(r)_i, the
-    textbook alternative, makes rows confidently wrong when the ranks are compressed with a
-    small kernel: row 1 and row 2 then both pick the top item.)
+    the soft rank of the item at rank i, so each row's largest entry is always the right item.
+
+    Parameters and their units:
+
+    * ``regularization_strength`` (default 1.0), in SCORE units (torchsort's epsilon: for l2, the
+      ranks are the projection of -s / strength onto the permutahedron): the softness. Below the
+      smallest gap between scores the l2 soft ranks are exact integers; a larger strength pulls
+      the ranks toward (n + 1) / 2 and spreads the rows; a huge one gives uniform rows. P tends
+      to the exact permutation as the strength -> 0 (this sorter's ``parameter``).
+    * ``temperature`` (default 0.05), in SQUARED RANK units: the width of the rank kernel. On
+      exact integer ranks the weight of a neighbouring rank is exp(-1 / temperature) relative
+      to the right one (2e-9 at 0.05), so well-separated scores are sorted at the defaults and
+      the strength alone sets the softness. It once defaulted to the strength, a quantity in score units: on scores 100
+      apart that left e^-1 of each row's mass on each neighbouring rank (P @ s off by 29 % of
+      the gap).
+    * ``regularization``: "l2" (default) or "kl", torchsort's.
+
+    (Anchoring rows at the integer positions i instead of sort(r)_i, the textbook alternative,
+    makes rows confidently wrong when the ranks are compressed with a small kernel: row 1 and
+    row 2 then both pick the top item.)
 
     torchsort is an optional extra (source-only): ``pip install --no-build-isolation --no-deps
     torchsort==0.1.10`` after torch. Without it, building or calling this sorter raises a
@@ -230,10 +249,11 @@ class TorchsortSorter(Sorter):
 
     @dataclass(frozen=True)
     class Config:
+        #: softness, in score units (torchsort's epsilon)
         regularization_strength: float = 1.0
         regularization: str = "l2"
-        #: width of the rank kernel; None: equal to regularization_strength
-        temperature: float | None = None
+        #: width of the rank kernel, in squared rank units
+        temperature: float = 0.05
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -241,14 +261,8 @@ class TorchsortSorter(Sorter):
             raise HashbenchError(
                 f"{self.owner}: regularization must be 'l2' or 'kl', got {self.config.regularization!r}"
             )
-        if self.config.temperature is not None:
-            self._check_positive("temperature")
+        self._check_positive("temperature")
         _import_torchsort(self.owner)
-
-    @property
-    def temperature(self) -> float:
-        t = self.config.temperature
-        return self.config.regularization_strength if t is None else t
 
     def _sort(self, scores: torch.Tensor) -> torch.Tensor:
         torchsort = _import_torchsort(self.owner)
@@ -266,7 +280,7 @@ class TorchsortSorter(Sorter):
             ) from None
         anchors = ranks.sort(dim=-1).values  # soft rank of the item at rank i; gradients flow
         distance = (anchors.unsqueeze(-1) - ranks.unsqueeze(-2)).square()  # (B, i, j)
-        return (distance / -self.temperature).softmax(dim=-1)
+        return (distance / -self.config.temperature).softmax(dim=-1)
 
 
 SORTERS = (ExactSorter, SoftSortSorter, NeuralSortSorter, TorchsortSorter)

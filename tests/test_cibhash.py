@@ -47,13 +47,14 @@ def test_registered_config_and_set_override():
     entry = registry_module.registry("method").entry("cibhash")
     assert entry.cls is CIBHash and "IJCAI 2021" in entry.summary
     method = hashbench.create("method", "cibhash", bits=16, seed=0, kl_weight=0.01)
-    assert method.config.kl_weight == 0.01 and method.config.temperature == 0.3 and method.config.stochastic
+    assert method.config.kl_weight == 0.01 and method.config.temperature == 0.3
+    assert method.config.stochastic is False  # the reference code's sign(p - 0.5), not the paper's sampling
     assert method.term_weights() == {"nt_xent": 1.0, "bernoulli_kl": 0.01}
     assert hashbench.create("method", "cibhash", bits=16).term_weights()["bernoulli_kl"] == 0.001
-    overrides = parse_set(["cibhash.kl_weight=0.01", "cibhash.stochastic=false"])
+    overrides = parse_set(["cibhash.kl_weight=0.01", "cibhash.stochastic=true"])
     [run] = Experiment(methods=["cibhash"], datasets=["fashion-mnist"], bits=[32], seeds=[0],
                        overrides=overrides).grid()
-    assert run.method_params["kl_weight"] == 0.01 and run.method_params["stochastic"] is False
+    assert run.method_params["kl_weight"] == 0.01 and run.method_params["stochastic"] is True
     with pytest.raises(HashbenchError, match="kl_weight"):
         hashbench.create("method", "cibhash", bits=16, kl_weight="much")
     with pytest.raises(HashbenchError, match="temperature must be > 0"):

@@ -180,8 +180,9 @@ def test_row_quadratic_form_passes_gradcheck():
     torch.testing.assert_close(row_quadratic_form(P, gram), torch.einsum("irk,kl,irl->ir", P, gram, P))
 
 
-def test_objective_by_hand_matches_the_pieces():
-    method = NSH(bits=8, positives=2, temperature=0.5)
+@pytest.mark.parametrize("score", ["dot", "cosine"])
+def test_objective_by_hand_matches_the_pieces(score):
+    method = NSH(bits=8, positives=2, temperature=0.5, score=score)
     torch.manual_seed(0)
     head = method.build_head(10)
     f1, f2 = features(6, 10)
@@ -189,7 +190,11 @@ def test_objective_by_hand_matches_the_pieces():
     b1, z1 = head(f1)
     b2, z2 = head(f2)
     P = hashbench.create("sorter", "softsort", temperature=1 / 8)(code_similarity(b1, b2))
-    c = F.cosine_similarity(soft_gather(P, z1), z2[:, None, :], dim=-1) / 0.5
+    E = soft_gather(P, z1)
+    if score == "dot":
+        c = (E * z2[:, None, :]).sum(-1) / 0.5
+    else:
+        c = F.cosine_similarity(E, z2[:, None, :], dim=-1) / 0.5
     assert terms["sorted_nce"].item() == pytest.approx(_sorted_nce_loop(c.detach(), 2), rel=1e-5)
     b = torch.cat([b1, b2])
     assert terms["quantization"].item() == pytest.approx(F.mse_loss(b, b.sign()).item(), rel=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 
@@ -94,6 +95,32 @@ def test_default_parameter_is_soft_but_row_stochastic(name):
     P = make(name)(scores)
     assert torch.allclose(P.sum(-1), torch.ones(P.shape[:2]), atol=1e-5)
     assert (P - hard_permutation(scores)).abs().max() > 0.05  # a real relaxation at the default
+
+
+@pytest.mark.parametrize("name", SORTERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_defaults_sort_well_separated_scores(name, dtype):
+    """The contract at DEFAULT parameters: 12 scores 100 apart, in random order, are sorted by
+    P @ s to within 5 % of the gap (torchsort once put e^-1 of each row on each neighbouring
+    rank: 29 % off)."""
+    gap = 100.0
+    g = torch.Generator().manual_seed(3)
+    scores = torch.stack([torch.randperm(12, generator=g) for _ in range(3)]).to(dtype) * gap
+    approx = (make(name)(scores) @ scores[..., None]).squeeze(-1)
+    error = (approx - scores.sort(dim=-1, descending=True).values).abs().max().item()
+    assert error <= 0.05 * gap, (name, error / gap)
+
+
+def test_torchsort_kernel_temperature_is_in_rank_units():
+    """On exact integer ranks (strength below every gap), the neighbour weight is
+    exp(-1 / temperature), whatever the scale of the scores."""
+    for scale in (1.0, 1000.0):
+        scores = torch.arange(6, dtype=torch.float64)[None] * scale
+        P = make("torchsort", 1e-3, temperature=0.5)(scores)
+        # rank 2 of scores 0..5 (descending) is item 3; items 2 and 4 are one rank away
+        assert P[0, 2, 2].item() / P[0, 2, 3].item() == pytest.approx(math.exp(-1 / 0.5), rel=1e-6)
+        assert P[0, 2, 4].item() / P[0, 2, 3].item() == pytest.approx(math.exp(-1 / 0.5), rel=1e-6)
+    assert hashbench.create("sorter", "torchsort").config.temperature == 0.05
 
 
 @pytest.mark.parametrize("name", SORTERS)

@@ -109,32 +109,54 @@ def test_mutual_attention_passes_gradcheck():
 
 # ----------------------------------------------------------------------------- weighted targets
 
-def _weighted_targets_loop(x1: torch.Tensor, x2: torch.Tensor, t: float) -> torch.Tensor:
+def _weighted_targets_loop(x1: torch.Tensor, x2: torch.Tensor, t: float, normalization: str) -> torch.Tensor:
     x1, x2 = x1.double(), x2.double()
     n, p, _ = x1.shape
     w = [[sum(max(_cos(x1[a, i], x2[b, j]) for j in range(p)) for i in range(p)) / p for b in range(n)]
          for a in range(n)]
+    soft = [[math.exp(v / t) / sum(math.exp(u / t) for u in w[a]) for v in w[a]] for a in range(n)]
     out = torch.zeros(n, n, dtype=torch.float64)
     for a in range(n):
-        z = sum(math.exp(v / t) for v in w[a])
-        soft = [math.exp(v / t) / z for v in w[a]]
         for b in range(n):
-            out[a, b] = soft[b] / soft[a]
+            # column: the released A / diag(A) broadcast, each column over ITS diagonal entry
+            out[a, b] = soft[a][b] / (soft[b][b] if normalization == "column" else soft[a][a])
     return out
 
 
 @pytest.mark.parametrize("p", [2, 3])
-def test_weighted_targets_match_a_loop(p):
+@pytest.mark.parametrize("normalization", ["column", "row"])
+def test_weighted_targets_match_a_loop(p, normalization):
     x1, x2 = tokens(3, p, 4, seed=p)
-    W = weighted_targets(x1, x2, 0.2)
-    expected = _weighted_targets_loop(x1, x2, 0.2)
+    W = weighted_targets(x1, x2, 0.2, normalization=normalization)
+    expected = _weighted_targets_loop(x1, x2, 0.2, normalization)
     assert W.shape == (3, 3) and W.dtype == torch.float32
     torch.testing.assert_close(W.double(), expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(W.diagonal(), torch.ones(3))  # exactly 1
-    # not renormalized: row n sums to 1 / softmax[n, n] > 1
+    # not renormalized: with "row", row n sums to 1 / softmax[n, n] > 1; with "column", column m
+    # sums to (sum_n softmax[n, m]) / softmax[m, m]
     soft = torch.softmax(best_match_similarity(x1, x2) / 0.2, dim=1)
-    torch.testing.assert_close(W.sum(1), 1 / soft.diagonal())
-    assert (W.sum(1) > 1.01).all()
+    if normalization == "row":
+        torch.testing.assert_close(W.sum(1), 1 / soft.diagonal())
+        assert (W.sum(1) > 1.01).all()
+    else:
+        torch.testing.assert_close(W.sum(0), soft.sum(0) / soft.diagonal())
+
+
+def test_weighted_targets_normalizations_by_hand(monkeypatch):
+    """A = softmax over m of w / T: the released column form and the row form differ."""
+    import hashbench.plugins.wch.model as model
+
+    # w = log A with A = [[1/2, 1/2], [1/4, 3/4]] (rows sum to 1), so softmax at T = 1 gives A back
+    a = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=torch.float64)
+    monkeypatch.setattr(model, "best_match_similarity", lambda *_: a.log())
+    x = torch.zeros(2, 1, 1, dtype=torch.float64)
+    column = weighted_targets(x, x, 1.0, normalization="column")
+    row = weighted_targets(x, x, 1.0, normalization="row")
+    # column: W[n, m] = A[n, m] / A[m, m]; row: W[n, m] = A[n, m] / A[n, n]
+    torch.testing.assert_close(column, torch.tensor([[1.0, 2 / 3], [0.5, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(row, torch.tensor([[1.0, 1.0], [1 / 3, 1.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="normalization"):
+        weighted_targets(x, x, normalization="diagonal")
 
 
 def test_chunk_rows():

@@ -6,9 +6,11 @@ Defaults, and where they come from:
 * from the reference code: the head Linear(F, 1024) -> ReLU -> Linear(1024, bits) -> sigmoid;
   NT-Xent temperature 0.3; KL weight (beta) 0.001; Adam, lr 1e-3, batch 64, constant lr; a
   frozen backbone (the code freezes VGG-16);
-* from the paper: stochastic Bernoulli codes b = (sign(p - u) + 1) / 2 during training
-  (``stochastic=True``; the code's deterministic sign(p - 0.5) is ``stochastic=False``); either
-  way NT-Xent sees the codes in {-1, +1} (2b - 1), as the code feeds sign(p - 0.5);
+  deterministic training codes sign(p - 0.5) with a straight-through gradient
+  (``stochastic=False``: the code's ``hash_layer(prob - 0.5)``);
+* from the paper, as a config field for ablations, never the default: stochastic Bernoulli codes
+  b = (sign(p - u) + 1) / 2, u ~ U(0, 1) (``stochastic=True``); either way NT-Xent sees the
+  codes in {-1, +1} (2b - 1), as the code feeds sign(p - 0.5);
 * adapted to the default CPU protocol: backbone VGG-16 fc7 at 224 px (4096-d) -> the offline
   ImageNet tf_efficientnet_lite0 at 64 px (1280-d), whose outputs of 8 augmented views per
   training image are banked (``bank_views=8``; VGG's dropout, active in the code's training,
@@ -32,8 +34,8 @@ from hashbench.errors import HashbenchError
 class CIBHash(DeepHashMethod):
     """Contrastive hashing with an information bottleneck (see the module docstring).
 
-    p = sigmoid(head(f)) (B, bits); training codes: stochastic sign(p - u) or sign(p - 0.5) in
-    {-1, +1}, straight-through; loss terms ``nt_xent`` (NT-Xent over the 2B codes, cosine,
+    p = sigmoid(head(f)) (B, bits); training codes: sign(p - 0.5) (the code's; ``stochastic``:
+    sign(p - u), u ~ U(0, 1), the paper's) in {-1, +1}, straight-through; loss terms ``nt_xent`` (NT-Xent over the 2B codes, cosine,
     ``temperature``) and ``bernoulli_kl`` (symmetric Bernoulli KL between the views' p with
     stop-gradient, weight ``kl_weight``); test codes p >= 0.5.
     """
@@ -46,7 +48,7 @@ class CIBHash(DeepHashMethod):
         schedule: str = "constant"
         temperature: float = 0.3
         kl_weight: float = 0.001
-        stochastic: bool = True
+        stochastic: bool = False
 
         def __post_init__(self) -> None:
             if self.temperature <= 0:

@@ -8,7 +8,8 @@ z = normalize(Linear(F, latent_dim)(f)). For the two views of a batch: code simi
 ``S = b1 b2^T / (2 bits) + 0.5`` (B, B) (= 1 - Hamming / bits for +-1 codes); a sorter of the
 ``sorter`` registry turns each row of S into a soft permutation P (B, B, B), descending (rank
 0 = most similar); the soft gather ``E = P z1`` (B, B, d) orders the view-1 latents by code
-similarity to each anchor; ``c[i, r] = cos(E[i, r], z2[i]) / temperature``; SortedNCE
+similarity to each anchor; the score ``c[i, r] = E[i, r] . z2[i] / temperature`` (sdc's plain
+dot product with the unnormalized E; ``score="cosine"`` takes cos(E[i, r], z2[i])); SortedNCE
 (:func:`loss.sorted_nce`: the first ``positives`` ranks are positives, the rest negatives, ONE
 softmax: the public re-implementations' double softmax is a bug not copied) plus the
 quantization error MSE(b, sign b). As in sdc, row i of S ranks items j by sim(b1_i, b2_j),
@@ -24,9 +25,14 @@ Defaults, and where they come from:
   1/bits (``sort_temperature=None``); ``positives`` m = 2 (also DimpleCrq/NSH); SortedNCE
   temperature 0.3 (sdc's config; its loss's default and DimpleCrq's is 0.1); quantization term
   MSE(b, sign b) over both views with weight 1 (sdc's ``quan: 1``; the paper's form is unknown);
-  a frozen backbone;
-* hashbench's: cos(E[i, r], z2[i]) normalizes E (sdc takes the dot product E . z2 with an
-  unnormalized E; equal for an exact permutation, where every E[i, r] is a unit latent);
+  a frozen backbone; the score E[i, r] . z2[i] with E unnormalized (sdc names it ``cossim``,
+  but it is a dot product: E is a P-weighted sum of unit latents, so its norm shrinks when a
+  row of P is spread);
+* not copied from sdc: its double softmax (a softmax of the logits fed to
+  ``F.cross_entropy``, which applies another): SortedNCE here applies one;
+* hashbench's, as config fields for ablations, never the default: ``score="cosine"``
+  (cos(E[i, r], z2[i]), normalizing E; equal to the dot product for an exact permutation,
+  where every E[i, r] is a unit latent, but not for a soft one);
 * adapted to the default CPU protocol (as the other deep methods): backbone ResNet-50/VGG-16 ->
   the offline ImageNet tf_efficientnet_lite0 at 64 px (1280-d) with its view bank
   (``bank_views=8``, ``augment="light"``; sdc: MoCo-v2 augmentations, ``augment="mocov2"``);
@@ -53,6 +59,8 @@ from hashbench.errors import HashbenchError
 
 #: SortedNCE and quantization: the names of the objective's terms
 TERMS = ("sorted_nce", "quantization")
+#: the scores of rank r of anchor i: "dot" = E[i, r] . z2[i] (kamwoh/sdc), "cosine" = cos(E[i, r], z2[i])
+SCORES = ("dot", "cosine")
 
 
 class NSH(DeepHashMethod):
@@ -66,6 +74,8 @@ class NSH(DeepHashMethod):
     * ``sort_temperature`` = None: the sorter's ``parameter`` (temperature, or torchsort's
       regularization_strength); None = 1 / bits (sdc's SoftSort temperature);
     * ``positives`` = 2: m, the ranks of each list taken as positives (1 <= m <= batch_size - 1);
+    * ``score`` = "dot": the score of rank r of anchor i, ``E[i, r] . z2[i]`` (sdc's) or
+      ``"cosine"``, ``cos(E[i, r], z2[i])``;
     * ``temperature`` = 0.3: tau of SortedNCE;
     * ``latent_dim`` = 1024: size of the latent head;
     * ``quantization_weight`` = 1.0: weight of MSE(b, sign b) (0 drops it).
@@ -79,6 +89,7 @@ class NSH(DeepHashMethod):
         sorter: str = "softsort"
         sort_temperature: float | None = None
         positives: int = 2
+        score: str = "dot"
         temperature: float = 0.3
         latent_dim: int = 1024
         quantization_weight: float = 1.0
@@ -102,6 +113,8 @@ class NSH(DeepHashMethod):
                     f"{owner}: positives must be in [1, batch_size - 1] = [1, {self.batch_size - 1}], "
                     f"got {self.positives}"
                 )
+            if self.score not in SCORES:
+                raise HashbenchError(f"{owner}: score must be one of {', '.join(SCORES)}, got {self.score!r}")
             if not (math.isfinite(self.temperature) and self.temperature > 0):
                 raise HashbenchError(f"{owner}: temperature must be a finite number > 0, got {self.temperature}")
             if self.latent_dim < 1:
@@ -147,12 +160,16 @@ class NSH(DeepHashMethod):
     def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
         """Terms ``sorted_nce`` and ``quantization`` (unweighted; see :meth:`term_weights`).
 
-        The similarity, sorter and losses run in float32 with autocast off (a bfloat16 S would
-        blur Hamming steps of 1/bits); the heads run under the loop's autocast.
+        ``head(f) -> (b, z)``: relaxed codes (B, bits) and unit latents (B, latent_dim) (any
+        callable). The similarity, sorter and losses run with autocast off in at least float32
+        (a bfloat16 S would blur Hamming steps of 1/bits; float64 inputs stay float64); the
+        heads run under the loop's autocast.
         """
         import torch
 
-        from .loss import code_similarity, ranked_cosines, sorted_nce
+        from hashbench.deep import full_precision
+
+        from .loss import code_similarity, ranked_cosines, ranked_dots, sorted_nce
 
         batch = f1.shape[0]
         b, z = head(torch.cat([f1, f2]))  # one pass over both views: the same rows, fewer calls
@@ -160,9 +177,10 @@ class NSH(DeepHashMethod):
         if batch < 2:
             raise HashbenchError(f"method nsh: a batch needs at least 2 items (a negative), got {batch}")
         with torch.autocast(device_type=b1.device.type, enabled=False):
-            b1, b2, z1, z2 = (t.float() for t in (b1, b2, z1, z2))
+            b1, b2, z1, z2 = (full_precision(t) for t in (b1, b2, z1, z2))
             P = self.sorter(code_similarity(b1, b2))  # (B, B, B)
-            logits = ranked_cosines(P, z1, z2) / self.config.temperature
+            score = ranked_dots if self.config.score == "dot" else ranked_cosines
+            logits = score(P, z1, z2) / self.config.temperature
             nce = sorted_nce(logits, self.positives_for(batch))
             quantization = self._quantization(torch.cat([b1, b2]))["quantization"]
         return {"sorted_nce": nce, "quantization": quantization}
@@ -171,11 +189,11 @@ class NSH(DeepHashMethod):
         return {"sorted_nce": 1.0, "quantization": float(self.config.quantization_weight)}
 
     def hash_codes(self, head: Any, f: Any) -> Any:
-        """bool (B, bits): the hash head's tanh output >= 0."""
+        """bool (B, bits): the relaxed codes b of ``head(f) -> (b, z)`` >= 0."""
         import torch
 
         with torch.no_grad():
-            return head.hash(f) >= 0
+            return head(f)[0] >= 0
 
 
 @hookimpl

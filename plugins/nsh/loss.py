@@ -3,7 +3,8 @@
 Shapes (B the batch, bits the code length, d the latent size): relaxed codes b1, b2 float
 (B, bits) in (-1, 1); latents z1, z2 float (B, d), unit rows; code similarity S (B, B);
 soft permutations P (B, B, B), ``P[i, r, k]`` = weight of item k at rank r of anchor i's list
-(rank 0 = most similar); scores c (B, B), ``c[i, r]`` for rank r of anchor i.
+(rank 0 = most similar); scores c (B, B), ``c[i, r]`` for rank r of anchor i. Every function
+keeps its inputs' dtype (float32, or float64 for exact checks).
 """
 
 from __future__ import annotations
@@ -41,18 +42,30 @@ def soft_gather(P: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.einsum("irk,kd->ird", P, z)
 
 
+def ranked_dots(P: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """``c[i, r] = E[i, r] . z2[i]`` (B, n) with ``E = soft_gather(P, z1)``, without E.
+
+    kamwoh/sdc's score (``cossim = einsum('ijd,id->ij', e, z2)``: a plain dot product with the
+    UNnormalized E, whose norm shrinks when a row of P is spread): NSH's default
+    (``score="dot"``). ``E[i, r] . z2[i] = sum_k P[i, r, k] (z2 z1^T)[i, k]``: O(B n^2 + n^2 d)
+    instead of the gather's O(B n^2 d).
+    """
+    cross = z2 @ z1.T  # (B, n): z2[i] . z1[k]
+    return torch.bmm(P, cross.unsqueeze(-1)).squeeze(-1)
+
+
 def ranked_cosines(P: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``c[i, r] = cos(E[i, r], z2[i])`` (B, n) with ``E = soft_gather(P, z1)``, without E.
 
-    Every E[i, r] is a weighted sum of the rows of z1, so both the dot product and the norm are
+    NSH's ``score="cosine"`` variant (hashbench's, not the reference's: see :func:`ranked_dots`;
+    equal to it for an exact permutation, where every E[i, r] is a unit latent). Every E[i, r] is a weighted sum of the rows of z1, so both the dot product and the norm are
     read off Gram matrices: ``E[i, r] . z2[i] = sum_k P[i, r, k] (z2 z1^T)[i, k]`` and
     ``|E[i, r]|^2 = P[i, r] (z1 z1^T) P[i, r]^T``. Cost O(B n^3) (B^4 = 16.8 M multiply-adds
     at B = 64) instead of the gather's O(B n^2 d) (268 M at d = 1024). The norms are clamped
     to ``eps`` (as ``torch.cosine_similarity``), so the value equals the direct computation
     (tested) up to float rounding.
     """
-    cross = z2 @ z1.T  # (B, n): z2[i] . z1[k]
-    dots = torch.bmm(P, cross.unsqueeze(-1)).squeeze(-1)  # (B, n)
+    dots = ranked_dots(P, z1, z2)  # (B, n)
     squared = row_quadratic_form(P, z1 @ z1.T)  # (B, n): |E[i, r]|^2
     norm_e = squared.clamp_min(eps * eps).sqrt()
     norm_z2 = z2.norm(dim=-1).clamp_min(eps)
@@ -95,7 +108,7 @@ def row_quadratic_form(P: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 
 def sorted_nce(logits: torch.Tensor, positives: int) -> torch.Tensor:
-    """SortedNCE of scores ``logits`` (B, n) = cos / tau, ranks in order (rank 0 first).
+    """SortedNCE of scores ``logits`` (B, n) = score / tau, ranks in order (rank 0 first).
 
     The first ``positives`` = m ranks of each anchor's list are its positives, ranks m..n-1 its
     negatives; each positive is contrasted with all the negatives in ONE softmax:

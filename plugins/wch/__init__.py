@@ -11,9 +11,11 @@ float (n, p, d), of two augmented views of the same n images, class token droppe
    ``X2' = softmax(S / T) X2`` (n, p, d);
 2. weighted similarity targets over the batch (:func:`model.weighted_targets`, temperature
    ``target_temperature``): ``w[n, m] = mean_i max_j cos(X1'[n, i], X2'[m, j])``,
-   ``W = softmax_m(w / T)``, each row divided by its diagonal entry (diagonal 1, rows not
-   renormalized, not detached); the (n, n, p, p) similarities are computed in chunks of rows of
-   at most ``chunk_mib`` MiB;
+   ``A = softmax_m(w / T)``, ``W[n, m] = A[n, m] / A[m, m]``: the released ``A / diag(A)``
+   broadcasts the vector of diagonal entries over the last axis, so every COLUMN is divided by
+   that column's diagonal entry (``target_normalization="column"``; ``"row"`` divides each row
+   by its own, ``A[n, m] / A[n, n]``); diagonal 1, not renormalized, not detached; the
+   (n, n, p, p) similarities are computed in chunks of rows of at most ``chunk_mib`` MiB;
 3. the hash head (:class:`model.WCHHead`) on the refined tokens: mean over p -> LayerNorm ->
    Linear(d, ``hidden_dim``) -> ReLU -> Linear(hidden, bits) -> tanh = y; training codes
    ``h = y + (sign(y) - y).detach()`` (straight-through);
@@ -33,7 +35,7 @@ as in the released code.
 Defaults, and where they come from:
 
 * from the released code: the mutual attention temperature 1, the target temperature 0.2, the
-  code temperature 0.3, the head (hidden 1024, LayerNorm eps 1e-6, Linear weights
+  code temperature 0.3, the column normalization of the targets, the head (hidden 1024, LayerNorm eps 1e-6, Linear weights
   ``kaiming_uniform_(mode="fan_out")`` and biases ``normal_``), the loss weights 1, 1, -1. Its
   config's ``alpha = 0.1`` is never used and has no field here;
 * the released training setup, NOT the defaults here: ViT-B/16 (ImageNet-21k) fully
@@ -47,8 +49,9 @@ Defaults, and where they come from:
   (``bank_views=8``, ``augment="light"``); Adam lr 1e-3, cosine schedule, batch 64, 10 epochs,
   validation every 5 with patience 3. ``frozen=False`` (and e.g. a ViT backbone) fine-tunes as
   the paper does, through the same loop;
-* hashbench's: the attention, targets and loss run in float32 with autocast off (the head runs
-  under the loop's autocast); ``chunk_mib`` = 64 bounds the memory of the targets (the released
+* hashbench's: the attention, targets and loss run with autocast off in at least float32
+  (float64 inputs stay float64; the head runs under the loop's autocast);
+  ``target_normalization="row"`` (an ablation, never the default); ``chunk_mib`` = 64 bounds the memory of the targets (the released
   code builds the whole (n, n, p, p) tensor; the values are the same).
 
 torch is imported inside methods only: the registry imports this module at every command.
@@ -66,17 +69,22 @@ from hashbench.errors import HashbenchError
 
 #: the names of the objective's terms
 TERMS = ("weighted_ce", "balance", "magnitude")
+#: how the softmaxed targets A are divided by their diagonal: "column" = the released code's
+#: ``A / diag(A)`` broadcast, W[n, m] = A[n, m] / A[m, m]; "row" = W[n, m] = A[n, m] / A[n, n]
+TARGET_NORMALIZATIONS = ("column", "row")
 
 
 class WCH(DeepHashMethod):
     """Weighted Contrastive Hashing (see the module docstring).
 
     Terms ``weighted_ce`` (weight 1), ``balance`` (weight ``balance_weight``) and ``magnitude``
-    (weight ``-magnitude_weight``); test codes ``head.relaxed(tokens) >= 0`` of the raw tokens.
+    (weight ``-magnitude_weight``); test codes ``head(tokens) >= 0`` of the raw tokens.
     Config fields besides :class:`TrainConfig`'s:
 
     * ``attention_temperature`` = 1.0: T of the mutual attention between the two views;
     * ``target_temperature`` = 0.2: T of the softmax over the batch of the weighted targets;
+    * ``target_normalization`` = "column": the softmaxed targets A divided by their diagonal as
+      the released code does, ``A[n, m] / A[m, m]``, or ``"row"``, ``A[n, m] / A[n, n]``;
     * ``code_temperature`` = 0.3: the logits are ``h1 h2^T / bits / code_temperature``;
     * ``hidden_dim`` = 1024: the hash head's hidden layer;
     * ``balance_weight`` = 1.0, ``magnitude_weight`` = 1.0: the loss is
@@ -93,6 +101,7 @@ class WCH(DeepHashMethod):
     class Config(TrainConfig):
         attention_temperature: float = 1.0
         target_temperature: float = 0.2
+        target_normalization: str = "column"
         code_temperature: float = 0.3
         hidden_dim: int = 1024
         balance_weight: float = 1.0
@@ -108,6 +117,11 @@ class WCH(DeepHashMethod):
                 value = getattr(self, field)
                 if not (math.isfinite(value) and value > 0):
                     raise HashbenchError(f"{owner}: {field} must be a finite number > 0, got {value}")
+            if self.target_normalization not in TARGET_NORMALIZATIONS:
+                raise HashbenchError(
+                    f"{owner}: target_normalization must be one of {', '.join(TARGET_NORMALIZATIONS)}, "
+                    f"got {self.target_normalization!r}"
+                )
             if self.hidden_dim < 1:
                 raise HashbenchError(f"{owner}: hidden_dim must be >= 1, got {self.hidden_dim}")
             for field in ("balance_weight", "magnitude_weight"):
@@ -124,25 +138,31 @@ class WCH(DeepHashMethod):
 
     def refine(self, f1: Any, f2: Any) -> tuple[Any, Any, Any]:
         """(X1', X2', W): the mutually attended tokens (n, p, d) and the weighted targets (n, n),
-        float32 with autocast off."""
+        with autocast off, in at least float32."""
         import torch
+
+        from hashbench.deep import full_precision
 
         from .model import mutual_attention, weighted_targets
 
         cfg = self.config
         with torch.autocast(device_type=f1.device.type, enabled=False):
-            x1, x2 = mutual_attention(f1.float(), f2.float(), cfg.attention_temperature)
-            W = weighted_targets(x1, x2, cfg.target_temperature, cfg.chunk_mib)
+            x1, x2 = mutual_attention(full_precision(f1), full_precision(f2), cfg.attention_temperature)
+            W = weighted_targets(x1, x2, cfg.target_temperature, cfg.chunk_mib, cfg.target_normalization)
         return x1, x2, W
 
     def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
         """Terms ``weighted_ce``, ``balance`` and ``magnitude`` (unweighted; see
         :meth:`term_weights`) for tokens f1, f2 float (n, p, d) of two views.
 
-        The attention, targets and loss run in float32 with autocast off; the head runs under
-        the loop's autocast, once over both views' refined tokens.
+        ``head(tokens) -> h`` (any callable): straight-through codes (B, bits) of the mean-pooled
+        tokens. The attention, targets and loss run with autocast off in at least float32
+        (float64 inputs stay float64); the head runs under the loop's autocast, once over both
+        views' refined tokens.
         """
         import torch
+
+        from hashbench.deep import full_precision
 
         from .model import wch_loss_terms
 
@@ -155,7 +175,7 @@ class WCH(DeepHashMethod):
         x1, x2, W = self.refine(f1, f2)
         h = head(torch.cat([x1, x2]))
         with torch.autocast(device_type=h.device.type, enabled=False):
-            h = h.float()
+            h = full_precision(h)
             return wch_loss_terms(h[:batch], h[batch:], W, self.config.code_temperature)
 
     def term_weights(self) -> dict[str, float]:
@@ -163,11 +183,12 @@ class WCH(DeepHashMethod):
                 "magnitude": 0.0 - float(self.config.magnitude_weight)}
 
     def hash_codes(self, head: Any, f: Any) -> Any:
-        """bool (B, bits): the head's tanh output of the RAW tokens f (B, p, d) (no attention) >= 0."""
+        """bool (B, bits): the head's codes of the RAW tokens f (B, p, d) (no attention) >= 0
+        (the straight-through sign(y) >= 0 exactly where the tanh output y >= 0)."""
         import torch
 
         with torch.no_grad():
-            return head.relaxed(f) >= 0
+            return head(f) >= 0
 
 
 @hookimpl

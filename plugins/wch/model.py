@@ -3,7 +3,8 @@
 Shapes (n the batch, p the patch tokens per image, d their channels, bits the code length):
 tokens x1, x2 float (n, p, d) of two augmented views of the same n images; refined tokens the
 same; weighted targets W float (n, n); codes h1, h2 float (n, bits), +-1 in value (straight-
-through). Everything follows the released code (RosieYuu/WCH, ``TransformerModel/modeling.py``
+through). Every function keeps its inputs' dtype (float32, or float64 for exact checks).
+Everything follows the released code (RosieYuu/WCH, ``TransformerModel/modeling.py``
 ``cross_attention``, ``weighted``, ``hash_head``; ``train.py`` ``CL``).
 """
 
@@ -14,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import TARGET_NORMALIZATIONS
 
 #: bytes of one float32 similarity
 _FLOAT32 = 4
@@ -57,15 +60,26 @@ def best_match_similarity(x1: torch.Tensor, x2: torch.Tensor, chunk_mib: float =
 
 
 def weighted_targets(x1: torch.Tensor, x2: torch.Tensor, temperature: float = 0.2,
-                     chunk_mib: float = 64.0) -> torch.Tensor:
+                     chunk_mib: float = 64.0, normalization: str = "column") -> torch.Tensor:
     """WCH's weighted similarity targets W float (n, n) of refined tokens x1, x2 (n, p, d).
 
-    ``W = softmax_m(w / T)`` with w of :func:`best_match_similarity`, then each row divided by
-    its diagonal entry: ``W[n, m] /= W[n, n]`` (diagonal exactly 1; rows are not renormalized
-    and W is not detached: gradients reach x1 and x2, as in the released code).
+    ``A = softmax_m(w / T)`` (each row sums to 1) with w of :func:`best_match_similarity`,
+    then divided by its diagonal:
+
+    * ``"column"`` (the released ``weighted()``: ``sim / scale`` with ``scale`` the VECTOR of
+      diagonal entries, broadcast over the last axis): ``W[n, m] = A[n, m] / A[m, m]``, every
+      column over that column's diagonal entry;
+    * ``"row"``: ``W[n, m] = A[n, m] / A[n, n]``, every row over its own diagonal entry.
+
+    Either way the diagonal is exactly 1, W is not renormalized and not detached (gradients
+    reach x1 and x2, as in the released code). The normalization reads only the (n, n) A, so
+    the chunking of w is the same for both.
     """
-    w = torch.softmax(best_match_similarity(x1, x2, chunk_mib) / temperature, dim=1)
-    return w / w.diagonal().unsqueeze(1)
+    if normalization not in TARGET_NORMALIZATIONS:
+        raise ValueError(f"weighted_targets: normalization must be one of {TARGET_NORMALIZATIONS}, got {normalization!r}")
+    a = torch.softmax(best_match_similarity(x1, x2, chunk_mib) / temperature, dim=1)
+    diagonal = a.diagonal()
+    return a / diagonal if normalization == "column" else a / diagonal.unsqueeze(1)
 
 
 def wch_loss_terms(h1: torch.Tensor, h2: torch.Tensor, W: torch.Tensor,
