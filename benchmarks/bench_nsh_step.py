@@ -17,8 +17,9 @@ views, random float32 (batch, 1280) tensors standing for tf_efficientnet_lite0's
   weights; the views are augmented once beforehand: augmentation time is not counted) plus the
   step; the ratio then shows NSH's cost next to the backbone's.
 
-NSH's P is (batch, batch, batch) floats (64^3 * 4 B = 1 MiB); its scores come from Gram
-matrices (``ranked_cosines``), not from the (batch, batch, 1024) soft gather.
+NSH's P is (batch, batch, batch) floats (64^3 * 4 B = 1 MiB); its scores come from the Gram
+matrix z2 z1^T (``ranked_dots``, the default ``score="dot"``; ``ranked_cosines`` adds the norms
+of E for ``score="cosine"``), not from the (batch, batch, 1024) soft gather.
 """
 
 from __future__ import annotations

@@ -321,6 +321,17 @@ def runs_section(records: Sequence[dict[str, Any]], metric: str) -> str:
 
 # ----------------------------------------------------------------------------- page
 
+def display_path(results_dir: str | Path) -> str:
+    """The results folder as the page names it: relative to the working directory when inside
+    it (``results/reference``), else its name alone; never a machine's absolute path (the page
+    is committed and shared)."""
+    folder = Path(results_dir).resolve()
+    try:
+        return folder.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return folder.name
+
+
 def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], results_dir: str | Path,
                 metric: str = "map") -> str:
     check_metric(metric)
@@ -335,7 +346,7 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], result
 <body>
 <header><h1>hashbench report</h1>
 <p>{len(records)} runs ({len(done)} finished) on {esc(", ".join(datasets))}; results folder
-<code>{esc(Path(results_dir).resolve())}</code>; generated {esc(stamp)}.</p></header>
+<code>{esc(display_path(results_dir))}</code>; generated {esc(stamp)}.</p></header>
 <main>
 <nav><a href="#tables">Comparison</a><a href="#plots">Plots</a><a href="#ablations">Ablations</a>
 <a href="#protocol">Protocol</a><a href="#environment">Environment</a><a href="#runs">Runs</a></nav>

@@ -182,6 +182,18 @@ def test_report_page_holds_tables_plots_protocol_and_every_run(results, report_p
     # protocol facts and environment
     for fact in ("topk (K of mAP@K)", "database items", "query items", "relevance", "numpy", "host"):
         assert fact in text
+    # a committed page never names the absolute path of the machine that made it
+    assert str(results.resolve()) not in text
+
+
+def test_report_names_the_results_folder_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from hashbench.report import display_path
+
+    (tmp_path / "results" / "reference").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert display_path("results/reference") == "results/reference"
+    assert display_path(tmp_path / "results") == "results"
+    assert display_path(tmp_path.parent) == tmp_path.parent.name  # outside: the name alone
 
 
 def test_report_renders_in_headless_chromium(cli, results):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hashbench.deep import full_precision
+
 #: what ``pairs`` may be in :func:`similarity_preservation`
 PAIRS = ("cross", "halves")
 
@@ -39,8 +41,8 @@ def sign_ste(h: torch.Tensor) -> torch.Tensor:
 def cubic_penalty(h: torch.Tensor, power: float = 3.0) -> torch.Tensor:
     """``mean(| |h| - 1 |^power)``: pulls the relaxed codes toward +-1 (authors' ``loss2``).
 
-    Computed in float32 (under autocast ``h`` may be half precision)."""
-    return (h.float().abs() - 1.0).abs().pow(power).mean()
+    Computed in at least float32 (under autocast ``h`` may be half precision; float64 stays)."""
+    return (full_precision(h).abs() - 1.0).abs().pow(power).mean()
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
