@@ -229,9 +229,9 @@ class TorchsortSorter(Sorter):
     * ``temperature`` (default 0.05), in SQUARED RANK units: the width of the rank kernel. On
       exact integer ranks the weight of a neighbouring rank is exp(-1 / temperature) relative
       to the right one (2e-9 at 0.05), so well-separated scores are sorted at the defaults and
-      the strength alone sets the softness. It once defaulted to the strength, a quantity in score units: on scores 100
-      apart that left e^-1 of each row's mass on each neighbouring rank (P @ s off by 29 % of
-      the gap).
+      the strength alone sets the softness. It once defaulted to the strength, a quantity in
+      score units: on scores 100 apart that left e^-1 of each row's mass on each neighbouring
+      rank (P @ s off by 29 % of the gap).
     * ``regularization``: "l2" (default) or "kl", torchsort's.
 
     (Anchoring rows at the integer positions i instead of sort(r)_i, the textbook alternative,

@@ -35,8 +35,8 @@ class CIBHash(DeepHashMethod):
     """Contrastive hashing with an information bottleneck (see the module docstring).
 
     p = sigmoid(head(f)) (B, bits); training codes: sign(p - 0.5) (the code's; ``stochastic``:
-    sign(p - u), u ~ U(0, 1), the paper's) in {-1, +1}, straight-through; loss terms ``nt_xent`` (NT-Xent over the 2B codes, cosine,
-    ``temperature``) and ``bernoulli_kl`` (symmetric Bernoulli KL between the views' p with
+    sign(p - u), u ~ U(0, 1), the paper's) in {-1, +1}, straight-through; loss terms
+    ``nt_xent`` (NT-Xent over the 2B codes, cosine, ``temperature``) and ``bernoulli_kl`` (symmetric Bernoulli KL between the views' p with
     stop-gradient, weight ``kl_weight``); test codes p >= 0.5.
     """
 

@@ -58,8 +58,9 @@ def ranked_cosines(P: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor, eps: flo
     """``c[i, r] = cos(E[i, r], z2[i])`` (B, n) with ``E = soft_gather(P, z1)``, without E.
 
     NSH's ``score="cosine"`` variant (hashbench's, not the reference's: see :func:`ranked_dots`;
-    equal to it for an exact permutation, where every E[i, r] is a unit latent). Every E[i, r] is a weighted sum of the rows of z1, so both the dot product and the norm are
-    read off Gram matrices: ``E[i, r] . z2[i] = sum_k P[i, r, k] (z2 z1^T)[i, k]`` and
+    equal to it for an exact permutation, where every E[i, r] is a unit latent). Every E[i, r]
+    is a weighted sum of the rows of z1, so both the dot product and the norm are read off Gram
+    matrices: ``E[i, r] . z2[i] = sum_k P[i, r, k] (z2 z1^T)[i, k]`` and
     ``|E[i, r]|^2 = P[i, r] (z1 z1^T) P[i, r]^T``. Cost O(B n^3) (B^4 = 16.8 M multiply-adds
     at B = 64) instead of the gather's O(B n^2 d) (268 M at d = 1024). The norms are clamped
     to ``eps`` (as ``torch.cosine_similarity``), so the value equals the direct computation

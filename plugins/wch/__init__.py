@@ -35,9 +35,10 @@ as in the released code.
 Defaults, and where they come from:
 
 * from the released code: the mutual attention temperature 1, the target temperature 0.2, the
-  code temperature 0.3, the column normalization of the targets, the head (hidden 1024, LayerNorm eps 1e-6, Linear weights
-  ``kaiming_uniform_(mode="fan_out")`` and biases ``normal_``), the loss weights 1, 1, -1. Its
-  config's ``alpha = 0.1`` is never used and has no field here;
+  column normalization of the targets, the code temperature 0.3, the head (hidden 1024,
+  LayerNorm eps 1e-6, Linear weights ``kaiming_uniform_(mode="fan_out")`` and biases
+  ``normal_``), the loss weights 1, 1, -1. Its config's ``alpha = 0.1`` is never used and has
+  no field here;
 * the released training setup, NOT the defaults here: ViT-B/16 (ImageNet-21k) fully
   fine-tuned on its 196 patch tokens at 224 px, Adam lr 1e-5, cosine schedule, 50 epochs,
   batch 32, its own augmentations (RandomResizedCrop scale 0.2-1, ColorJitter p 0.8, grayscale,
@@ -51,8 +52,9 @@ Defaults, and where they come from:
   the paper does, through the same loop;
 * hashbench's: the attention, targets and loss run with autocast off in at least float32
   (float64 inputs stay float64; the head runs under the loop's autocast);
-  ``target_normalization="row"`` (an ablation, never the default); ``chunk_mib`` = 64 bounds the memory of the targets (the released
-  code builds the whole (n, n, p, p) tensor; the values are the same).
+  ``target_normalization="row"`` (an ablation, never the default); ``chunk_mib`` = 64 bounds
+  the memory of the targets (the released code builds the whole (n, n, p, p) tensor; the
+  values are the same).
 
 torch is imported inside methods only: the registry imports this module at every command.
 """

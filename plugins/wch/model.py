@@ -76,7 +76,9 @@ def weighted_targets(x1: torch.Tensor, x2: torch.Tensor, temperature: float = 0.
     the chunking of w is the same for both.
     """
     if normalization not in TARGET_NORMALIZATIONS:
-        raise ValueError(f"weighted_targets: normalization must be one of {TARGET_NORMALIZATIONS}, got {normalization!r}")
+        raise ValueError(
+            f"weighted_targets: normalization must be one of {TARGET_NORMALIZATIONS}, got {normalization!r}"
+        )
     a = torch.softmax(best_match_similarity(x1, x2, chunk_mib) / temperature, dim=1)
     diagonal = a.diagonal()
     return a / diagonal if normalization == "column" else a / diagonal.unsqueeze(1)
