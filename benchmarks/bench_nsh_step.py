@@ -1,6 +1,6 @@
 """Benchmark one NSH training step against one CIBHash step on the same backbone output.
 
-Run:  python benchmarks/bench_nsh_step.py [--batch 64 --bits 32 --repeats 20 --sorters ... --backbone]
+Run:  python benchmarks/bench_nsh_step.py [--batch 64 --bits 32 --repeats 20 --sorters ... --scores dot,cosine --backbone]
 
 One step = what ``hashbench.train.fit`` does per batch: ``method.objective(head, f1, f2)``,
 ``weighted_sum`` with ``method.term_weights()``, ``zero_grad``, ``backward``, Adam ``step``
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--sorters", default=",".join(SORTERS), help="comma-separated sorter names")
+    ap.add_argument("--scores", default="dot",
+                    help="comma-separated NSH scores (dot: the default, sdc's; cosine: the ablation)")
     ap.add_argument("--backbone", action="store_true",
                     help="also time the unbanked step: both views through frozen tf_efficientnet_lite0 at 64 px")
     ap.add_argument("--device", default="cpu")
@@ -105,13 +107,17 @@ def main() -> None:
     steppers: dict[str, Stepper] = {
         "cibhash": Stepper(hashbench.create("method", "cibhash", bits=args.bits, batch_size=args.batch),
                            args.feature_dim, device)}
-    for name in [s.strip() for s in args.sorters.split(",") if s.strip()]:
-        try:
-            method = hashbench.create("method", "nsh", bits=args.bits, batch_size=args.batch, sorter=name)
-        except HashbenchError as exc:
-            notes.append(f"nsh/{name}: not run ({exc})")
-            continue
-        steppers[f"nsh/{name}"] = Stepper(method, args.feature_dim, device)
+    scores = [s.strip() for s in args.scores.split(",") if s.strip()]
+    for score in scores:
+        for name in [s.strip() for s in args.sorters.split(",") if s.strip()]:
+            label = f"nsh/{name}" if scores == ["dot"] else f"nsh/{name}/{score}"
+            try:
+                method = hashbench.create("method", "nsh", bits=args.bits, batch_size=args.batch, sorter=name,
+                                          score=score)
+            except HashbenchError as exc:
+                notes.append(f"{label}: not run ({exc})")
+                continue
+            steppers[label] = Stepper(method, args.feature_dim, device)
 
     g = torch.Generator().manual_seed(args.seed)
     f1 = torch.randn(args.batch, args.feature_dim, generator=g).relu().to(device)
