@@ -31,6 +31,8 @@ from .errors import HashbenchError
 from .registry import HOOKS, PLURAL, normalize_kind, registry
 
 EXIT_USAGE = 2
+#: a run failed, or the machine refused a write (a full disk)
+EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,17 +146,50 @@ def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Na
     return counts
 
 
+def set_data_root(args: argparse.Namespace) -> None:
+    """``--data-root``: an existing folder, exported as HASHBENCH_DATA for the protocols."""
+    if args.data_root is None:
+        return
+    root = Path(args.data_root).expanduser().resolve()
+    if not root.is_dir():
+        raise HashbenchError(f"--data-root {args.data_root}: no such folder")
+    os.environ["HASHBENCH_DATA"] = str(root)
+
+
+def check_flags_apply(args: argparse.Namespace, experiment: Experiment, configs: Sequence[Any]) -> None:
+    """A grid flag that would change nothing is an error, never silently ignored: ``--backbone``,
+    ``--pretrained`` and ``--input-size`` set the features of shallow methods on image datasets
+    (deep methods take ``--set METHOD.backbone=...``); ``--set NAME.param`` names a method or
+    dataset of the grid."""
+    given = [f"--{key.replace('_', '-')}" for key in FEATURE_KEYS if getattr(args, key, None) is not None]
+    if given and not any(c.features for c in configs):
+        raise HashbenchError(
+            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to shallow methods on image datasets, and this grid has none "
+            f"(methods: {', '.join(experiment.methods)}; datasets: {', '.join(experiment.datasets)}); "
+            "a deep method takes --set METHOD.backbone=... instead"
+        )
+    in_grid = set(experiment.methods) | set(experiment.datasets)
+    for key in parse_set(args.set or []):
+        name = key.partition(".")[0]
+        if name not in in_grid:
+            raise HashbenchError(
+                f"--set {key}: {name} is not in this grid (methods: {', '.join(experiment.methods)}; "
+                f"datasets: {', '.join(experiment.datasets)})"
+            )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import preflight
     from .store import RunStore
     from .tables import write_tables
 
-    if args.data_root:
-        os.environ["HASHBENCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
+    set_data_root(args)
     experiment, settings = build_experiment(args)
     configs = experiment.grid()
+    check_flags_apply(args, experiment, configs)
     registry("executor").get(settings["executor"])
     results_dir = Path(settings["results_dir"])
+    RunStore(results_dir).check_writable()
     preflight(configs, results_dir, force=args.force)
     print(
         f"hashbench: {len(configs)} runs ({len(experiment.methods)} methods x {len(experiment.datasets)} "
@@ -174,17 +209,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from .ablate import plan_ablation, read_records, write_ablation_table
     from .runner import preflight
+    from .store import RunStore
     from .tables import check_metric
 
-    if args.data_root:
-        os.environ["HASHBENCH_DATA"] = str(Path(args.data_root).expanduser().resolve())
+    set_data_root(args)
     registry("method").get(args.method)  # unknown method: one-line error first
     check_metric(args.metric)
     experiment, settings = build_experiment(argparse.Namespace(**{**vars(args), "methods": args.method}))
     ablation = plan_ablation(args.method, args.vary, experiment, fixed=parse_set(args.set or []))
     configs = ablation.configs
+    check_flags_apply(args, experiment, configs)
     registry("executor").get(settings["executor"])
     results_dir = Path(settings["results_dir"])
+    RunStore(results_dir).check_writable()
     preflight(configs, results_dir, force=args.force)
     print(
         f"hashbench: ablation of {args.method} over {', '.join(ablation.keys)}: {len(configs)} runs "
@@ -208,7 +245,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
     results_dir = Path(args.results_dir)
     formats = parse_list(args.format, "format")
-    markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables", args.metric, formats)
+    records = RunStore(results_dir).existing_records()
+    markdown, paths = write_tables(records, results_dir / "tables", args.metric, formats)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
@@ -251,11 +289,15 @@ def _load_npy(path: str, what: str):
     import numpy as np
 
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise HashbenchError(f"--{what}: no such file {path}") from None
-    except (OSError, ValueError) as exc:
-        raise HashbenchError(f"--{what}: cannot read {path} as .npy ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise HashbenchError(f"--{what}: cannot read {path} as .npy ({exc or 'empty file'})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens a .npz archive whatever the file's name
+        array.close()
+        raise HashbenchError(f"--{what}: {path} is a .npz archive, not one .npy array")
+    return array
 
 
 def load_codes(path: str, bits: int | None, what: str):
@@ -282,6 +324,11 @@ def load_codes(path: str, bits: int | None, what: str):
                 f"--{what}: {codes.shape[1]} columns fit neither {bits} bits nor {packed_width} packed bytes"
             )
     else:
+        if codes.dtype == np.uint8 and codes.size and codes.max() > 1:
+            raise HashbenchError(
+                f"--{what}: uint8 values above 1 look like packed codes (8 bits per byte); "
+                "give --bits to read them packed (unpacked codes are 0/1, +-1 or real)"
+            )
         bits = check_bits(codes.shape[1])
     return pack_codes(codes), bits
 
@@ -337,6 +384,17 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {value}")
+    return value
+
+
 def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
     """The flags ``run`` and ``ablate`` share: the grid, its features, where and how it runs."""
     parser.add_argument("-c", "--config", help=config_help)
@@ -349,7 +407,8 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
                         "or 'none' for raw pixels (default: the experiment's)")
     parser.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH",
                         help="backbone weights: the backbone's pretrained source, none, or a weights file")
-    parser.add_argument("--input-size", type=int, help="backbone input side in pixels (default: the backbone's)")
+    parser.add_argument("--input-size", type=_positive_int,
+                        help="backbone input side in pixels (default: the backbone's)")
     parser.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
     parser.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE", help=set_help)
     parser.add_argument("--executor", help="executor name: local, ray, slurm (default: local; hashbench list executors)")
@@ -444,6 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hashbench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a folder that vanished: which path, in one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"hashbench: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -69,7 +70,19 @@ def build_config(config_cls: type, params: dict[str, Any], owner: str) -> Any:
                 f"{owner}: parameter '{key}' expects {_type_name(hints[key])}, got {value!r}"
             )
         checked[key] = converted
-    return config_cls(**checked)
+    try:
+        return config_cls(**checked)
+    except ValueError as exc:  # a limit a Config's __post_init__ checks (see check_minimums)
+        raise HashbenchError(f"{owner}: {exc}") from None
+
+
+def check_minimums(config: Any, **minimums: float) -> None:
+    """For a Config's ``__post_init__``: a ValueError naming the first field that is not a finite
+    number >= its minimum (``build_config`` turns it into a one-line error naming the owner)."""
+    for field, low in minimums.items():
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{field} must be a number >= {low:g}, got {value!r}")
 
 
 def _type_name(annotation: Any) -> str:

@@ -31,6 +31,8 @@ DEFAULT_EXPERIMENT = Path(__file__).parent / "experiments" / "default.yaml"
 DEFAULT_BITS = (16, 32, 64)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_RESULTS_DIR = "results"
+#: seeds go to numpy and torch generators, which take 0..2**32 - 1
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,20 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """``<method>-<dataset>-<bits>b-s<seed>-<first 12 hex digits of the config's sha256>``."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-        return f"{self.method}-{self.dataset}-{self.bits}b-s{self.seed}-{digest}"
+        return run_id_of(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         data = {k: v for k, v in data.items() if k != "schema"}
         return cls(**data)
+
+
+def run_id_of(config: dict[str, Any]) -> str:
+    """The run id of a resolved config as :meth:`RunConfig.to_dict` gives it (or as a record
+    stores it): ``<method>-<dataset>-<bits>b-s<seed>-<first 12 hex digits of its sha256>``."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return f"{config['method']}-{config['dataset']}-{config['bits']}b-s{config['seed']}-{digest}"
 
 
 @dataclass
@@ -85,14 +93,17 @@ class Experiment:
         bits = [check_bits(b) for b in _unique(self.bits, "bits")]
         seeds = _unique(self.seeds, "seeds")
         for seed in seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise HashbenchError(f"seeds must be whole numbers >= 0, got {seed!r}")
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise HashbenchError(f"seeds must be whole numbers in 0..{MAX_SEED} (2**32 - 1), got {seed!r}")
         per_component = split_overrides(self.overrides)
-        for name in per_component:
+        for name, params in per_component.items():
             if name not in methods and name not in datasets:
                 raise HashbenchError(
                     f"--set {name}.…: '{name}' is neither a method nor a dataset (hashbench list shows all)"
                 )
+            if name not in method_classes and name not in dataset_classes:  # not in the grid: still checked
+                kind = "method" if name in methods else "dataset"
+                _resolve(registry(kind).get(name), params, f"{kind} {name}")
         method_params = {
             m: _resolve(cls, per_component.get(m, {}), f"method {m}") for m, cls in method_classes.items()
         }
@@ -168,8 +179,11 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
 
 
 def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
-    """Parse a comma-separated CLI list (``"16,32,64"``) into values of ``kind``."""
+    """Parse a comma-separated CLI list (``"16,32,64"``) into values of ``kind``; an empty one
+    (``""``, ``","``) is an error, never "the default"."""
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise HashbenchError(f"--{what} is empty: give at least one value")
     if kind is int:
         try:
             return [int(t) for t in items]
@@ -195,9 +209,11 @@ def load_experiment_file(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HashbenchError(f"cannot read experiment file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise HashbenchError(f"experiment file {path} is not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -205,8 +221,8 @@ def load_experiment_file(path: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise HashbenchError(f"experiment file {path}: {problem}{where}") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise HashbenchError(f"experiment file {path} is empty: give at least one of {', '.join(EXPERIMENT_KEYS)}")
     if not isinstance(data, dict):
         raise HashbenchError(f"experiment file {path}: expected a mapping of keys, got {type(data).__name__}")
     out: dict[str, Any] = {}
@@ -217,10 +233,26 @@ def load_experiment_file(path: str | Path) -> dict[str, Any]:
             )
         expected = EXPERIMENT_KEYS[key]
         if expected is list:
+            whole = key in ("bits", "seeds")
             if isinstance(value, str):
-                value = parse_list(value, key, int if key in ("bits", "seeds") else str)
+                try:
+                    value = parse_list(value, key, int if whole else str)
+                except HashbenchError as exc:
+                    raise HashbenchError(f"experiment file {path}: '{key}': {exc}") from None
+            elif isinstance(value, dict):
+                raise HashbenchError(f"experiment file {path}: '{key}' must be a list, got a mapping")
             elif not isinstance(value, list):
                 value = [value]
+            if not value:
+                raise HashbenchError(f"experiment file {path}: '{key}' is empty: give at least one value")
+            for item in value:
+                ok = (isinstance(item, int) and not isinstance(item, bool)) if whole else (
+                    isinstance(item, str) and item.strip() != "")
+                if not ok:
+                    raise HashbenchError(
+                        f"experiment file {path}: '{key}' holds {item!r}; each item must be "
+                        + ("a whole number" if whole else "a name")
+                    )
         elif not isinstance(value, expected) or (isinstance(value, bool) and key == "input_size"):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
             raise HashbenchError(

@@ -80,7 +80,7 @@ def _worker_loop(fn: Callable[[Any], Any], conn: Any) -> None:
     while True:
         try:
             task = conn.recv()
-        except EOFError:  # the driver is gone
+        except (EOFError, OSError):  # the driver is gone
             return
         if task is None:
             return
@@ -88,7 +88,10 @@ def _worker_loop(fn: Callable[[Any], Any], conn: Any) -> None:
             message = ("result", fn(task))
         except Exception as exc:  # noqa: BLE001 -- execute records a failing run itself; this is anything else
             message = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        conn.send(message)
+        try:
+            conn.send(message)
+        except OSError:  # BrokenPipeError: the driver was killed; the run's record is on disk
+            return
 
 
 class _Worker:

@@ -29,6 +29,7 @@ canvas): no pyplot, no global backend state.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
@@ -44,6 +45,7 @@ import yaml
 
 from .errors import HashbenchError
 from .registry import registry
+from .store import atomic_write_bytes
 from .tables import METRICS, check_metric, record_row, records_frame, summary_frame
 
 PLOT_FORMATS = ("png", "pdf", "svg")
@@ -554,7 +556,9 @@ def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict
     for fmt in formats:
         path = out_dir / f"{plot.stem}.{fmt}"
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
-        fig.savefig(path, format=fmt, metadata=metadata)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, metadata=metadata)
+        atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     plot.files = paths
     return paths
@@ -577,5 +581,5 @@ def write_plots(results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMAT
 
     formats = check_plot_formats(formats)
     check_metric(metric)
-    plots = make_plots(RunStore(results_dir).records(), results_dir, formats, metric)
+    plots = make_plots(RunStore(results_dir).existing_records(), results_dir, formats, metric)
     return [p for plot in plots for p in plot.files]

@@ -142,11 +142,13 @@ def make_plugin_manager(extra_plugins: dict[str, Any] | None = None) -> pluggy.P
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     allowed = _allowed_external()
+    external: set[str] = set()  # names HASHBENCH_PLUGINS may use: entry points and distributions
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         label, builtin = _plugin_label(ep)
-        if not builtin and allowed is not None:
+        if not builtin:
             dist = ep.dist.name if ep.dist is not None else ""
-            if ep.name not in allowed and dist not in allowed:
+            external.update(n for n in (ep.name, dist) if n)
+            if allowed is not None and ep.name not in allowed and dist not in allowed:
                 continue
         if pm.get_plugin(label) is not None:
             continue  # the same distribution seen twice on sys.path
@@ -155,6 +157,12 @@ def make_plugin_manager(extra_plugins: dict[str, Any] | None = None) -> pluggy.P
         except Exception as exc:  # a broken third-party plugin must not hide the others
             raise HashbenchError(f"plugin {label} failed to load: {type(exc).__name__}: {exc}") from exc
         pm.register(module, name=label)
+    unknown = sorted((allowed or set()) - external)
+    if unknown:
+        raise HashbenchError(
+            f"{PLUGINS_ENV} names {', '.join(unknown)}, which no installed plugin is "
+            f"(installed: {', '.join(sorted(external)) or 'none besides the built-ins'}; 'none' loads none)"
+        )
     for label, module in (extra_plugins or {}).items():
         pm.register(module, name=label)
     return pm
@@ -167,8 +175,16 @@ def build_registries(pm: pluggy.PluginManager) -> dict[str, Registry]:
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             label = pm.get_name(impl.plugin) or impl.plugin_name
-            classes = impl.function()
+            try:
+                classes = impl.function()
+            except Exception as exc:  # name the plugin, in one line
+                raise HashbenchError(f"plugin {label}: {hook_name} raised {type(exc).__name__}: {exc}") from exc
+            if classes is not None and not isinstance(classes, (list, tuple)):
+                raise HashbenchError(f"plugin {label}: {hook_name} must return a list of classes, "
+                                     f"got {type(classes).__name__}")
             for cls in classes or ():
+                if not isinstance(cls, type):
+                    raise HashbenchError(f"plugin {label}: {hook_name} returned {cls!r}, not a class")
                 registries[kind].add(cls, label)
     return registries
 

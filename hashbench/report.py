@@ -368,16 +368,15 @@ def write_report(results_dir: str | Path, metric: str = "map",
                  formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[Path, list[Path]]:
     """Regenerate the plots, then write ``<results_dir>/report/index.html``; returns the page and the
     plot files."""
-    from .store import RunStore
+    from .store import RunStore, atomic_write_text
 
     check_metric(metric)
     formats = list(dict.fromkeys(["png", *formats]))
     results_dir = Path(results_dir)
-    records = RunStore(results_dir).records()
+    records = RunStore(results_dir).existing_records()
     plots = make_plots(records, results_dir, formats, metric)  # raises the one-line error for no runs
     page = results_dir / "report" / "index.html"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_html(records, plots, results_dir, metric), encoding="utf-8")
+    atomic_write_text(page, render_html(records, plots, results_dir, metric))
     return page, [p for plot in plots for p in plot.files]
 
 
@@ -433,9 +432,11 @@ def screenshot(page: str | Path, out: str | Path, size: tuple[int, int] = SCREEN
     """Render ``page`` in headless Chromium and save a ``size`` PNG screenshot to ``out``."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.unlink()
-    run_chromium(page, f"--screenshot={out}", f"--window-size={size[0]},{size[1]}")
-    if not out.exists() or out.stat().st_size == 0:
+    partial = out.with_name(f".tmp-{out.name}")  # renamed over ``out`` once complete
+    partial.unlink(missing_ok=True)
+    run_chromium(page, f"--screenshot={partial}", f"--window-size={size[0]},{size[1]}")
+    if not partial.exists() or partial.stat().st_size == 0:
+        partial.unlink(missing_ok=True)
         raise HashbenchError(f"chromium wrote no screenshot to {out}")
+    os.replace(partial, out)
     return out

@@ -29,10 +29,10 @@ from .errors import HashbenchError
 from .evaluate import evaluate, pack_codes
 from .features import FeatureSpec, feature_splits
 from .registry import create, registry
-from .store import RunStore
+from .store import CURVES, METRICS, RunStore
 
-SCALAR_METRICS = ("map", "topk", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
-CURVES = ("pr_curve", "precision_at_k")
+#: what a done record's ``metrics`` holds: the metrics and K of mAP@K
+SCALAR_METRICS = (*METRICS, "topk")
 VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
 
 
@@ -177,6 +177,19 @@ def execute(task: RunTask) -> dict[str, Any]:
                 traceback=traceback.format_exc(),
                 versions=package_versions(),
             )
+        except SystemExit as exc:  # a plugin called sys.exit(): that run failed, the grid goes on
+            record.update(
+                status="failed",
+                error=f"SystemExit: the run called sys.exit({exc.code!r})",
+                traceback=traceback.format_exc(),
+                versions=package_versions(),
+            )
+        except KeyboardInterrupt:  # Ctrl-C: record the run as interrupted, then stop the grid
+            record.update(status="failed", error="KeyboardInterrupt: interrupted (Ctrl-C)",
+                          traceback=None, versions=package_versions(),
+                          seconds=time.perf_counter() - t0, finished_at=_now())
+            store.write(record)
+            raise
         record["seconds"] = time.perf_counter() - t0
         record["finished_at"] = _now()
         store.write(record)

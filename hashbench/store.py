@@ -5,7 +5,7 @@ Layout under a results folder::
     runs/<run-id>.json          the record of a run (status "done" or "failed")
     runs/.locks/<run-id>.lock   held (flock) by the process running that run
     runs/superseded/            finished records replaced by ``--force`` (kept, never deleted)
-    runs/unreadable/            truncated or corrupt records moved aside by ``run``
+    runs/unreadable/            truncated, corrupt or invalid records moved aside by ``run``
 
 Writes go to a temporary file in the same folder and are renamed over the target, so a reader
 sees the old record or the new one, never a mix. Two processes on one folder coordinate with
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -24,7 +25,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import HashbenchError
+
 RECORD_KEYS = ("run_id", "status", "config")
+STATUSES = ("done", "failed")
+#: the scalar metrics of a done record (means over queries); ``metrics.topk`` is K of mAP@K
+METRICS = ("map", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
+#: the curves of a done record and the lists each holds (of equal length)
+CURVES = {"pr_curve": ("radius", "precision", "recall"), "precision_at_k": ("k", "precision")}
 
 
 class RecordWarning(UserWarning):
@@ -32,7 +40,75 @@ class RecordWarning(UserWarning):
 
 
 class UnreadableRecord(Exception):
-    """Raised internally when a record file is truncated, not JSON, or lacks its keys."""
+    """Raised internally when a record file is truncated, not JSON, or not a valid record."""
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_record(data: Any, path: Path) -> dict[str, Any]:
+    """``data`` if it is a valid run record stored at ``path``, else :class:`UnreadableRecord`
+    saying why. The schema: ``run_id`` (the file's name, and the hash of ``config``), ``status``
+    ("done" or "failed"), ``config`` (method, dataset, bits, seed and their parameter dicts); a
+    done record has every metric of METRICS as a finite number, ``metrics.topk`` a whole
+    number or null, and CURVES as lists of finite numbers of equal length; a failed one an
+    ``error`` text; ``seconds``, where present, a finite number >= 0 or null."""
+    from .config import run_id_of
+
+    def bad(why: str) -> None:
+        raise UnreadableRecord(why)
+
+    if not isinstance(data, dict) or any(k not in data for k in RECORD_KEYS):
+        bad("not a hashbench run record (missing run_id, status or config)")
+    if data["run_id"] != path.stem:
+        bad(f"its run_id {data['run_id']!r} is not its file name")
+    if data["status"] not in STATUSES:
+        bad(f"status {data['status']!r} is neither done nor failed")
+    config = data["config"]
+    if not isinstance(config, dict):
+        bad("config is not a mapping")
+    for key in ("method", "dataset"):
+        if not isinstance(config.get(key), str) or not config[key]:
+            bad(f"config.{key} is not a name")
+    for key in ("bits", "seed"):
+        if not _whole(config.get(key)) or config[key] < 0:
+            bad(f"config.{key} is not a whole number")
+    for key in ("method_params", "dataset_params", "features"):
+        if not isinstance(config.get(key, {}), dict):
+            bad(f"config.{key} is not a mapping")
+    if run_id_of(config) != data["run_id"]:
+        bad("its config does not hash to its run id (edited by hand?)")
+    seconds = data.get("seconds")
+    if seconds is not None and not (_number(seconds) and seconds >= 0):
+        bad(f"seconds is {seconds!r}, not a number >= 0")
+    if data["status"] == "failed":
+        if not isinstance(data.get("error"), str):
+            bad("a failed record without its error text")
+        return data
+    metrics = data.get("metrics")
+    if not isinstance(metrics, dict):
+        bad("a done record without metrics")
+    for name in METRICS:
+        if not _number(metrics.get(name)):
+            bad(f"metric {name} is {metrics.get(name)!r}, not a finite number")
+    if metrics.get("topk") is not None and not (_whole(metrics["topk"]) and metrics["topk"] > 0):
+        bad(f"metrics.topk is {metrics['topk']!r}, not a whole number > 0")
+    curves = data.get("curves")
+    if not isinstance(curves, dict):
+        bad("a done record without curves")
+    for name, lists in CURVES.items():
+        curve = curves.get(name)
+        if not isinstance(curve, dict) or not all(isinstance(curve.get(k), list) for k in lists):
+            bad(f"curve {name} lacks its lists ({', '.join(lists)})")
+        if len({len(curve[k]) for k in lists}) != 1 or not all(_number(v) for k in lists for v in curve[k]):
+            bad(f"curve {name} holds lists of unequal length or values that are not finite numbers")
+    return data
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -40,19 +116,23 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnreadableRecord(f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict) or any(k not in data for k in RECORD_KEYS):
-        raise UnreadableRecord("not a hashbench run record (missing run_id, status or config)")
-    return data
+    return check_record(data, path)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
+def is_record_file(path: Path) -> bool:
+    """Only ``<run-id>.json`` files are records: never the temporary ``.tmp-*.json`` of a write."""
+    return path.suffix == ".json" and not path.name.startswith(".")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename):
+    a reader sees the old file or the new one, never a part; on any error (a full disk) the old
+    file is left as it was and the temporary one removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -62,12 +142,33 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
 class RunStore:
     """The run records of one results folder."""
 
     def __init__(self, results_dir: str | Path) -> None:
         self.results_dir = Path(results_dir)
         self.runs_dir = self.results_dir / "runs"
+
+    def check_writable(self) -> None:
+        """A one-line HashbenchError naming the path when records cannot be written here (a
+        read-only folder, a file where the folder should be), before any run starts."""
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.runs_dir):
+                pass
+        except OSError as exc:
+            where = exc.filename or self.runs_dir
+            raise HashbenchError(f"cannot write run records to {self.runs_dir}: {exc.strerror} ({where})") from None
 
     def path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
@@ -156,10 +257,24 @@ class RunStore:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    def existing_records(self) -> list[dict[str, Any]]:
+        """:meth:`records`, for a command that reads a folder (``table``, ``plot``, ``report``):
+        a one-line HashbenchError, and nothing created, when it holds no valid record."""
+        if not self.runs_dir.is_dir():
+            raise HashbenchError(
+                f"no run records in {self.results_dir}: {self.runs_dir} is not a folder "
+                "(`hashbench run` writes it; --results-dir names another folder)"
+            )
+        records = self.records()
+        if not records:
+            raise HashbenchError(f"no valid run records in {self.runs_dir}")
+        return records
+
     def records(self) -> list[dict[str, Any]]:
-        """Every readable record, sorted by run id; each unreadable one gives a RecordWarning."""
+        """Every valid record, sorted by run id (one per run: a record is its file
+        ``<run-id>.json``); each unreadable or invalid one gives a RecordWarning and is skipped."""
         out = []
-        for path in sorted(self.runs_dir.glob("*.json")):
+        for path in sorted(p for p in self.runs_dir.glob("*.json") if is_record_file(p)):
             try:
                 out.append(_read_json(path))
             except UnreadableRecord as exc:

@@ -14,8 +14,7 @@ import pandas as pd
 
 from .errors import HashbenchError
 from .registry import registry
-
-METRICS = ("map", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
+from .store import METRICS, atomic_write_text
 FORMATS = ("md", "csv", "latex")
 SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
 MEASURED, PUBLISHED = "measured", "published"
@@ -261,6 +260,6 @@ def write_formats(out_dir: str | Path, stem: str, formats: Iterable[str], render
     written = []
     for fmt in check_formats(formats):
         path = out_dir / f"{stem}.{SUFFIX[fmt]}"
-        path.write_text(renderers[fmt]())
+        atomic_write_text(path, renderers[fmt]())
         written.append(path)
     return written

@@ -128,3 +128,25 @@ def patterned_images() -> PatternedImages:
     val = np.concatenate([ids[y == c][3:5] for c in range(4)])
     train = np.setdiff1d(ids, np.concatenate([query, val]))
     return PatternedImages(x, y, query, val, train)
+
+
+def valid_record(config, status: str = "done", map_value: float = 0.5, **extra):
+    """A run record that passes the store's schema (hashbench.store.check_record) for a
+    RunConfig: a done one with every metric and curve, a failed one with its error text."""
+    record = {"run_id": config.run_id, "status": status, "config": config.to_dict(), "seconds": 1.0}
+    if status == "done":
+        record["metrics"] = {"map": map_value, "map_full": map_value, "map_tie_aware": map_value,
+                             "precision_h2": 0.5, "recall_h2": 0.1, "topk": 10}
+        record["curves"] = {"pr_curve": {"radius": [0, 1], "precision": [0.6, 0.5], "recall": [0.1, 0.2]},
+                            "precision_at_k": {"k": [1, 10], "precision": [1.0, 0.8]}}
+        record["error"] = None
+    else:
+        record["error"] = "RuntimeError: it broke"
+    record.update(extra)
+    return record
+
+
+@pytest.fixture
+def record_for():
+    """``record_for(config, **kw)``: :func:`valid_record`."""
+    return valid_record

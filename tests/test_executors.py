@@ -253,7 +253,8 @@ def test_ray_address_joins_a_running_cluster(ray_instance, tmp_path):
 def test_finished_runs_are_never_dispatched(with_plugin, tmp_path):
     with_plugin(register_executors=lambda: [Recording])
     grid = Experiment(methods=["lsh"], datasets=["synthetic"], bits=[8, 16], seeds=[0, 1]).grid()
-    RunStore(tmp_path).write({"run_id": grid[0].run_id, "status": "failed", "config": grid[0].to_dict()})
+    RunStore(tmp_path).write({"run_id": grid[0].run_id, "status": "failed", "config": grid[0].to_dict(),
+                              "error": "RuntimeError: an earlier try"})
     first = run_grid(grid[:3], tmp_path, "recording", progress=False)
     assert Recording.seen == [c.run_id for c in grid[:3]]  # a failed record is redone
     assert sorted(s["status"] for s in first) == ["done"] * 3

@@ -144,7 +144,9 @@ def test_env_var_restricts_external_plugins(fake_distribution, one_line_error):
     allowed = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="hashbench-median")
     assert "median-hash" in allowed.stdout
     other = _hashbench(["list", "methods"], fake_distribution, HASHBENCH_PLUGINS="something-else")
-    assert "median-hash" not in other.stdout
+    assert other.returncode == 2 and "median-hash" not in other.stdout  # a typo loads nothing silently: an error
+    message = one_line_error(other.stderr)
+    assert "HASHBENCH_PLUGINS names something-else" in message and "hashbench-median" in message
     refused = _hashbench(["run", "--methods", "median-hash", "--datasets", "synthetic"], fake_distribution,
                          HASHBENCH_PLUGINS="")
     assert refused.returncode == 2

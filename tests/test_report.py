@@ -220,7 +220,8 @@ def test_report_renders_in_headless_chromium(cli, results):
 def test_errors_are_one_line(cli, tmp_path, one_line_error, monkeypatch):
     for command in ("plot", "report"):
         code, _, err = cli(command, "--results-dir", str(tmp_path / "empty"))
-        assert code == 2 and "no finished runs" in one_line_error(err)
+        assert code == 2 and "no run records in" in one_line_error(err)
+        assert not (tmp_path / "empty").exists()  # a typo in the folder creates nothing
     code, _, err = cli("plot", "--results-dir", str(tmp_path), "--format", "png,gif")
     assert code == 2 and "unknown plot format 'gif'" in one_line_error(err)
     code, _, err = cli("plot", "--results-dir", str(tmp_path), "--metric", "speed")

@@ -47,7 +47,8 @@ def test_grid_expansion_and_run_ids():
     (dict(methods=["itq"], bits=[2048]), "bits must be between 1 and 1024, got 2048"),
     (dict(methods=["itq"], overrides={"itq.iters": 3}), "method itq has no parameter 'iters'"),
     (dict(methods=["itq"], overrides={"nothing.x": 3}), "'nothing' is neither a method nor a dataset"),
-    (dict(methods=["itq"], seeds=[-1]), "seeds must be whole numbers >= 0"),
+    (dict(methods=["itq"], seeds=[-1]), "seeds must be whole numbers in 0..4294967295"),
+    (dict(methods=["itq"], seeds=[2**32]), "seeds must be whole numbers in 0..4294967295"),
 ])
 def test_grid_rejects_bad_input(bad, message):
     spec = dict(datasets=["synthetic"], bits=[8], seeds=[0]) | bad
@@ -170,13 +171,14 @@ def test_unreadable_record_is_moved_aside_and_rerun(cli, tmp_path):
     assert json.loads(broken.read_text())["status"] == "done"
 
 
-def test_store_never_overwrites_a_finished_record_in_place(tmp_path):
+def test_store_never_overwrites_a_finished_record_in_place(tmp_path, record_for):
     store = RunStore(tmp_path)
-    rec = {"run_id": "x", "status": "done", "config": {}, "n": 1}
+    (config,) = Experiment(methods=["lsh"], datasets=["synthetic"], bits=[8], seeds=[0]).grid()
+    rec = record_for(config, n=1)
     store.write(rec)
     store.write({**rec, "n": 2})
-    assert json.loads(store.path("x").read_text())["n"] == 2
-    (old,) = (tmp_path / "runs" / "superseded").glob("x.*.json")
+    assert json.loads(store.path(config.run_id).read_text())["n"] == 2
+    (old,) = (tmp_path / "runs" / "superseded").glob(f"{config.run_id}.*.json")
     assert json.loads(old.read_text())["n"] == 1
     assert not list((tmp_path / "runs").glob(".tmp-*"))
 
@@ -286,7 +288,10 @@ def test_default_run_uses_every_suitable_method(cli, tmp_path, monkeypatch):
     assert {c.method for c in configs} >= {"cibhash", "greedyhash", "bihalf"}
     assert all(not c.features for c in configs if c.method not in {"lsh", "pcah", "itq", "sh"})
     # a flag overrides the default file; a new backbone starts from its own defaults
+    # a flag that applies to no run of the grid (digits provides features) is an error, not ignored
     code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table", "--datasets", "digits",
                        "--backbone", "resnet18")
-    assert code == 0, err
+    assert code == 2 and "--backbone applies to shallow methods on image datasets" in err
+    code, _, err = cli("run", "--results-dir", str(tmp_path), "--no-table", "--datasets", "digits")
+    assert code == 0, err  # the default file's backbone is no flag: digits runs on its own features
     assert {c.dataset for c in seen["configs"]} == {"digits"} and all(not c.features for c in seen["configs"])

@@ -23,6 +23,7 @@ Defaults, and where they come from:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +52,10 @@ class CIBHash(DeepHashMethod):
         stochastic: bool = False
 
         def __post_init__(self) -> None:
-            if self.temperature <= 0:
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
                 raise HashbenchError(f"method cibhash: temperature must be > 0, got {self.temperature}")
-            if self.kl_weight < 0:
-                raise HashbenchError(f"method cibhash: kl_weight must be >= 0, got {self.kl_weight}")
+            if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+                raise HashbenchError(f"method cibhash: kl_weight must be a finite number >= 0, got {self.kl_weight}")
 
     def build_head(self, feature_dim: int) -> Any:
         from .model import build_head

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..components import Splits
+from ..components import Splits, check_minimums
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol, published_by_bits
@@ -256,6 +256,9 @@ class Cifar10CIBHash(_Cifar10):
         queries_per_class: int = 500
         train_per_class: int = 500
         val_per_class: int = 500
+
+        def __post_init__(self) -> None:
+            check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
 
     def split_ids(self, y, n_train, rng):
         cfg = self.config

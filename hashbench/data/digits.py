@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Splits
+from ..components import Protocol, Splits, check_minimums
 from .splits import per_class_sample
 
 
@@ -37,6 +37,9 @@ class Digits(Protocol):
         queries_per_class: int = 10
         val_per_class: int = 10
         train_per_class: int = 50
+
+        def __post_init__(self) -> None:
+            check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
 
     def load(self) -> Splits:
         from sklearn.datasets import load_digits

@@ -17,7 +17,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..components import Split, Splits
+from ..components import Split, Splits, check_minimums
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageFiles, ImageProtocol, published_by_bits
@@ -93,6 +93,9 @@ class ListFileProtocol(ImageProtocol):
     class Config:
         split_seed: int = 0
         val_size: int = 1000
+
+        def __post_init__(self) -> None:
+            check_minimums(self, split_seed=0, val_size=0)
 
     def locate(self) -> Path:
         """The first folder that holds the three list files."""

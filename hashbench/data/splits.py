@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..components import check_minimums
 from ..errors import HashbenchError
 
 
@@ -30,6 +31,9 @@ def per_class_sample(labels: np.ndarray, pool: np.ndarray, per_class: int, rng: 
 @dataclass(frozen=True)
 class PerClassConfig:
     """Parameters of a class-balanced protocol: the split seed and the items per class drawn."""
+
+    def __post_init__(self) -> None:
+        check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
 
     split_seed: int = 0
     queries_per_class: int = 100

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Splits
+from ..components import Protocol, Splits, check_minimums
 
 
 class Synthetic(Protocol):
@@ -35,6 +35,10 @@ class Synthetic(Protocol):
         train_per_class: int = 30
         spread: float = 0.6
         multi_label: bool = False
+
+        def __post_init__(self) -> None:
+            check_minimums(self, seed=0, num_classes=2, dim=1, per_class=1, queries_per_class=1, val_per_class=0,
+                           train_per_class=1, spread=0)
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
