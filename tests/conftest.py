@@ -26,6 +26,7 @@ def _fresh_registry(monkeypatch, tmp_path_factory):
     registry_module.reload()
     _clear_process_caches()
     yield
+    monkeypatch.undo()  # the test's environment and patches first (a HASHBENCH_PLUGINS typo, a broken plugin)
     registry_module.reload()
     _clear_process_caches()
 
