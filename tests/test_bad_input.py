@@ -255,6 +255,16 @@ def test_a_run_that_exits_is_recorded_and_the_grid_goes_on(cli, tmp_path, with_p
     assert records["lsh"]["status"] == "done"
 
 
+def test_ctrl_c_inside_a_run_records_it_and_stops_the_grid(cli, tmp_path, with_plugin):
+    with_plugin(register_methods=lambda: [_Interrupted])
+    code, _, err = cli("run", "--datasets", "digits", "--methods", "interrupted,lsh", "--bits", "8", "--seeds", "0",
+                       "--no-table", "--no-progress", "--results-dir", str(tmp_path))
+    assert code == 130 and err.strip().splitlines()[-1] == "hashbench: interrupted"
+    (record,) = RunStore(tmp_path).records()  # the grid stopped: lsh never ran
+    assert record["config"]["method"] == "interrupted" and record["status"] == "failed"
+    assert record["error"].startswith("KeyboardInterrupt")
+
+
 def test_a_worker_whose_driver_is_gone_exits_quietly():
     from hashbench.executors import _worker_loop
 
