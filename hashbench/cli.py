@@ -163,8 +163,9 @@ def check_flags_apply(args: argparse.Namespace, experiment: Experiment, configs:
     dataset of the grid."""
     given = [f"--{key.replace('_', '-')}" for key in FEATURE_KEYS if getattr(args, key, None) is not None]
     if given and not any(c.features for c in configs):
+        verb = "apply" if len(given) > 1 else "applies"
         raise HashbenchError(
-            f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to shallow methods on image datasets, and this grid has none "
+            f"{', '.join(given)} {verb} to shallow methods on image datasets, and this grid has none "
             f"(methods: {', '.join(experiment.methods)}; datasets: {', '.join(experiment.datasets)}); "
             "a deep method takes --set METHOD.backbone=... instead"
         )

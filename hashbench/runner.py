@@ -166,33 +166,25 @@ def execute(task: RunTask) -> dict[str, Any]:
         }
         t0 = time.perf_counter()
         workdir = Path(task.results_dir) / "checkpoints" / run_id
+        interrupt: KeyboardInterrupt | None = None
         try:
             record.update(perform(config, workdir))
             record["error"] = None
             shutil.rmtree(workdir, ignore_errors=True)  # finished: only interrupted runs keep checkpoints
-        except Exception as exc:  # a failing run is recorded and the grid goes on
-            record.update(
-                status="failed",
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
-                versions=package_versions(),
-            )
-        except SystemExit as exc:  # a plugin called sys.exit(): that run failed, the grid goes on
-            record.update(
-                status="failed",
-                error=f"SystemExit: the run called sys.exit({exc.code!r})",
-                traceback=traceback.format_exc(),
-                versions=package_versions(),
-            )
-        except KeyboardInterrupt:  # Ctrl-C: record the run as interrupted, then stop the grid
-            record.update(status="failed", error="KeyboardInterrupt: interrupted (Ctrl-C)",
-                          traceback=None, versions=package_versions(),
-                          seconds=time.perf_counter() - t0, finished_at=_now())
-            store.write(record)
-            raise
+        except (Exception, SystemExit) as exc:  # a failing run is recorded and the grid goes on
+            error = (f"SystemExit: the run called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+                     else f"{type(exc).__name__}: {exc}")
+            record.update(status="failed", error=error, traceback=traceback.format_exc(),
+                          versions=package_versions())
+        except KeyboardInterrupt as exc:  # Ctrl-C: recorded as well, then it stops the grid
+            record.update(status="failed", error="KeyboardInterrupt: interrupted (Ctrl-C)", traceback=None,
+                          versions=package_versions())
+            interrupt = exc
         record["seconds"] = time.perf_counter() - t0
         record["finished_at"] = _now()
         store.write(record)
+        if interrupt is not None:
+            raise interrupt
         return {"run_id": run_id, "status": record["status"], "seconds": record["seconds"],
                 "error": record["error"]}
 

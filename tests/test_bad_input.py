@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +24,6 @@ from hashbench.config import Experiment
 from hashbench.store import RecordWarning, RunStore
 
 GRID = ["--datasets", "digits", "--methods", "lsh", "--bits", "8", "--seeds", "0", "--no-progress"]
-
-
-def _npy(array: np.ndarray) -> Callable[[Path], None]:
-    return lambda path: np.save(path, array)
 
 
 def _npz_named_npy(path: Path) -> None:
@@ -383,9 +378,9 @@ def test_every_reference_record_is_valid():
         assert len(RunStore(reference).records()) == len(paths) > 0
 
 
-def test_grid_of_a_valid_record_helper(record_for):
-    """The test helper makes records the store accepts (else the tests above would prove nothing)."""
+def test_the_valid_record_helper_makes_valid_records(record_for, tmp_path):
+    """The test helper makes records the store accepts (else the tests using it would prove nothing)."""
     (config,) = Experiment(methods=["lsh"], datasets=["synthetic"], bits=[8], seeds=[0]).grid()
-    store = RunStore(os.environ["HASHBENCH_CACHE"])
+    store = RunStore(tmp_path)
     store.write(record_for(config))
     assert store.read(config.run_id)["status"] == "done"

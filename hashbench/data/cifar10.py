@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..components import Splits, check_minimums
+from ..components import Splits
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageProtocol, published_by_bits
@@ -251,14 +251,12 @@ class Cifar10CIBHash(_Cifar10):
     disjoint = (("query", "database"), ("query", "train"), ("query", "val"), ("val", "database"), ("val", "train"))
 
     @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
+    class Config(PerClassConfig):
+        """The per-class split parameters (and their limits) with this protocol's sizes."""
+
         queries_per_class: int = 500
         train_per_class: int = 500
         val_per_class: int = 500
-
-        def __post_init__(self) -> None:
-            check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
 
     def split_ids(self, y, n_train, rng):
         cfg = self.config

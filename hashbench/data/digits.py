@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Splits, check_minimums
-from .splits import per_class_sample
+from ..components import Protocol, Splits
+from .splits import PerClassConfig, per_class_sample
 
 
 class Digits(Protocol):
@@ -32,14 +32,12 @@ class Digits(Protocol):
     )
 
     @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
-        queries_per_class: int = 10
-        val_per_class: int = 10
-        train_per_class: int = 50
+    class Config(PerClassConfig):
+        """The per-class split parameters (and their limits) with this protocol's sizes."""
 
-        def __post_init__(self) -> None:
-            check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
+        queries_per_class: int = 10
+        train_per_class: int = 50
+        val_per_class: int = 10
 
     def load(self) -> Splits:
         from sklearn.datasets import load_digits
