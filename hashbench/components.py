@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import HashbenchError, SplitLeakError
 from .evaluate import check_bits
+from .params import check_fields
 
 
 def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:
@@ -51,9 +52,12 @@ def _accepts(annotation: Any, value: Any) -> tuple[bool, Any]:
 
 
 def build_config(config_cls: type, params: dict[str, Any], owner: str) -> Any:
-    """Build ``config_cls(**params)``, with one-line errors for unknown keys and wrong types.
+    """Build ``config_cls(**params)``: the one builder of every component's Config.
 
-    ``owner`` names the component in messages, e.g. ``"method itq"``.
+    One-line HashbenchErrors for unknown keys, wrong types, and values that break a field's
+    declared limits (:mod:`hashbench.params`) or the Config's own ``__post_init__`` rules
+    (ValueError), all in the form ``<owner>: <field> must be ..., got ...``; ``owner`` names
+    the component, e.g. ``"method itq"``.
     """
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     hints = typing.get_type_hints(config_cls)
@@ -71,9 +75,11 @@ def build_config(config_cls: type, params: dict[str, Any], owner: str) -> Any:
             )
         checked[key] = converted
     try:
-        return config_cls(**checked)
-    except ValueError as exc:  # a limit a Config's __post_init__ checks (see check_minimums)
+        config = config_cls(**checked)
+        check_fields(config)
+    except ValueError as exc:  # a declared limit, or a rule of the Config's __post_init__
         raise HashbenchError(f"{owner}: {exc}") from None
+    return config
 
 
 def check_minimums(config: Any, **minimums: float) -> None:

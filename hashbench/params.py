@@ -1,0 +1,131 @@
+"""Declared parameters: a Config field's limits and doc, written once next to the field.
+
+A component's ``Config`` is a frozen dataclass; a field declared with :func:`param` carries its
+limits and a one-line doc in the field's metadata::
+
+    @dataclass(frozen=True)
+    class Config:
+        temperature: float = param(0.3, gt=0, doc="NT-Xent temperature")
+        score: str = param("dot", choices=("dot", "cosine"), doc="score of rank r")
+        sorter: str = param("softsort", registered="sorter", doc="differentiable sorter")
+
+:func:`hashbench.components.build_config`, the one builder of every component's Config, checks
+them (:func:`check_fields`) with one message form, ``<owner>: <field> must be <limits>, got
+<value>`` (e.g. ``method cibhash: temperature must be > 0, got -1``). Every float value must be
+finite, declared or not. Rules that tie several fields together stay in the Config's
+``__post_init__``, which raises ``ValueError("<field> must ..., got ...")``; the builder adds
+the owner. :func:`describe` lists the fields for ``hashbench show``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+METADATA_KEY = "hashbench"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a field's value must satisfy; None = no limit of that sort.
+
+    gt/ge/lt/le: bounds for numbers (a None value passes: ``float | None`` fields mean "unset");
+    choices: the allowed values; registered: a component kind whose registered names are
+    the allowed values (checked against the registry when the Config is built); doc: one line.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+    registered: str | None = None
+    doc: str = ""
+
+    def describe(self) -> str:
+        """The limits in words, e.g. ``> 0``, ``>= 1 and <= 64``, ``one of dot, cosine``; '' if none."""
+        parts = [f"{op} {_number(bound)}" for op, bound in
+                 ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)) if bound is not None]
+        if self.choices is not None:
+            parts.append("one of " + ", ".join(str(c) for c in self.choices))
+        if self.registered is not None:
+            parts.append(f"a registered {self.registered}")
+        return " and ".join(parts)
+
+    def violation(self, value: Any) -> str | None:
+        """Why ``value`` breaks these limits (``must be ...``), or None when it keeps them."""
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(str(c) for c in self.choices)}, got {value!r}"
+        if self.registered is not None and value is not None:
+            from .registry import registry
+
+            if not isinstance(value, str) or value not in _known(registry(self.registered), value):
+                return f"must be a registered {self.registered} (hashbench list {self.registered}s), got {value!r}"
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        bounds = ((self.gt, lambda b: value > b), (self.ge, lambda b: value >= b),
+                  (self.lt, lambda b: value < b), (self.le, lambda b: value <= b))
+        if not math.isfinite(value) or not all(ok(b) for b, ok in bounds if b is not None):
+            return f"must be {self.describe() or 'a finite number'}, got {value!r}"
+        return None
+
+
+def _known(registry: Any, name: str) -> set[str]:
+    """{name} when the registry has it (exactly or claimed, e.g. any timm model), else empty."""
+    try:
+        registry.entry(name)
+    except Exception:  # noqa: BLE001 - an unknown name is the violation reported by the caller
+        return set()
+    return {name}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def param(default: Any = dataclasses.MISSING, *, doc: str = "", gt: float | None = None,
+          ge: float | None = None, lt: float | None = None, le: float | None = None,
+          choices: tuple[Any, ...] | list[Any] | None = None, registered: str | None = None) -> Any:
+    """A dataclass field with declared limits and a doc (see the module docstring)."""
+    limits = Limits(gt=gt, ge=ge, lt=lt, le=le, choices=tuple(choices) if choices is not None else None,
+                    registered=registered, doc=doc)
+    return dataclasses.field(default=default, metadata={METADATA_KEY: limits})
+
+
+def limits_of(field: dataclasses.Field) -> Limits:
+    """A field's declared limits (empty Limits when declared without :func:`param`)."""
+    return field.metadata.get(METADATA_KEY) or Limits()
+
+
+def check_fields(config: Any) -> None:
+    """Raise ``ValueError("<field> must ..., got ...")`` for the first field of ``config``
+    that breaks its declared limits or holds a float that is not finite."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        problem = limits_of(field).violation(value)
+        if problem is None and isinstance(value, float) and not math.isfinite(value):
+            problem = f"must be a finite number, got {value!r}"
+        if problem is not None:
+            raise ValueError(f"{field.name} {problem}")
+
+
+def describe(config_cls: type) -> list[dict[str, Any]]:
+    """One row per field of ``config_cls``: name, type, default, limits (words), doc."""
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    defaults = config_cls()
+    rows = []
+    for field in dataclasses.fields(config_cls):
+        limits = limits_of(field)
+        annotation = hints.get(field.name, Any)
+        rows.append({
+            "name": field.name,
+            "type": getattr(annotation, "__name__", None) or str(annotation).replace("typing.", ""),
+            "default": getattr(defaults, field.name),
+            "limits": limits.describe(),
+            "doc": limits.doc,
+        })
+    return rows
