@@ -1,4 +1,5 @@
-"""CIBHash's torch pieces: the hash head and the training codes with a straight-through sign.
+"""CIBHash's torch pieces: the hash head and the training codes, through the shared
+straight-through sign (:func:`hashbench.layers.sign_ste`).
 
 The loss terms are the shared ``nt_xent`` and ``bernoulli_kl`` of :mod:`hashbench.losses`.
 
@@ -11,26 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hashbench.layers import sign_ste
+
 
 def build_head(feature_dim: int, bits: int, hidden: int = 1024) -> nn.Module:
     """Linear(F, 1024) -> ReLU -> Linear(1024, bits): the logits whose sigmoid is p (reference code)."""
     return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, bits))
-
-
-class _SignST(torch.autograd.Function):
-    """sign(x) forward, identity backward (the reference code's ``hash`` Function)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return grad
-
-
-def sign_st(x: torch.Tensor) -> torch.Tensor:
-    return _SignST.apply(x)
 
 
 def train_codes(p: torch.Tensor, stochastic: bool) -> torch.Tensor:
@@ -38,6 +25,8 @@ def train_codes(p: torch.Tensor, stochastic: bool) -> torch.Tensor:
 
     stochastic (the paper): sign(p - u), u ~ U(0, 1) from torch's generator, i.e. 2b - 1 for the
     Bernoulli code b = (sign(p - u) + 1) / 2; deterministic (the reference code): sign(p - 0.5).
+    The sign is the reference code's ``torch.sign`` (``zero=0.0``: p exactly at the threshold
+    gives 0), with the upstream gradient passed unchanged to p.
     """
     threshold = torch.rand_like(p) if stochastic else torch.full_like(p, 0.5)
-    return sign_st(p - threshold)
+    return sign_ste(p - threshold, zero=0.0)

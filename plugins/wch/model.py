@@ -2,8 +2,9 @@
 
 Shapes (n the batch, p the patch tokens per image, d their channels, bits the code length):
 tokens x1, x2 float (n, p, d) of two augmented views of the same n images; refined tokens the
-same; weighted targets W float (n, n); codes h1, h2 float (n, bits), +-1 in value (straight-
-through). Every function keeps its inputs' dtype (float32, or float64 for exact checks).
+same; weighted targets W float (n, n); codes h1, h2 float (n, bits), +-1 in value (the shared
+straight-through sign of :mod:`hashbench.layers`). Every function keeps its inputs' dtype
+(float32, or float64 for exact checks).
 Everything follows the released code (RosieYuu/WCH, ``TransformerModel/modeling.py``
 ``cross_attention``, ``weighted``, ``hash_head``; ``train.py`` ``CL``).
 """
@@ -15,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hashbench.layers import sign_ste
 
 from . import TARGET_NORMALIZATIONS
 
@@ -105,9 +108,11 @@ class WCHHead(nn.Module):
     """The hash head on tokens (B, p, d): mean over p -> LayerNorm(d, eps 1e-6) ->
     Linear(d, hidden) -> ReLU -> Linear(hidden, bits) -> tanh = y (B, bits) in (-1, 1).
 
-    ``relaxed(tokens)`` is y; ``forward(tokens)`` the training codes ``y + (sign(y) - y).detach()``
-    (+-1 in value, the gradient of y). Both Linear layers are initialized as the released code:
-    weights ``kaiming_uniform_(mode="fan_out")``, biases ``normal_`` (std 1).
+    ``relaxed(tokens)`` is y; ``forward(tokens)`` the training codes: the released
+    ``y + (sign(y) - y).detach()``, computed as the shared straight-through sign
+    ``sign_ste(y, zero=0.0)`` (:mod:`hashbench.layers`), equal to it bit for bit for the tanh
+    outputs |y| <= 1 (+-1 in value, the gradient of y). Both Linear layers are initialized as
+    the released code: weights ``kaiming_uniform_(mode="fan_out")``, biases ``normal_`` (std 1).
     """
 
     def __init__(self, token_dim: int, bits: int, hidden: int = 1024) -> None:
@@ -125,5 +130,4 @@ class WCHHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Straight-through codes float (B, bits): sign(y) in value, y's gradient."""
-        y = self.relaxed(tokens)
-        return y + (torch.sign(y) - y).detach()
+        return sign_ste(self.relaxed(tokens), zero=0.0)
