@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from dataclasses import dataclass
@@ -80,15 +79,6 @@ def build_config(config_cls: type, params: dict[str, Any], owner: str) -> Any:
     except ValueError as exc:  # a declared limit, or a rule of the Config's __post_init__
         raise HashbenchError(f"{owner}: {exc}") from None
     return config
-
-
-def check_minimums(config: Any, **minimums: float) -> None:
-    """For a Config's ``__post_init__``: a ValueError naming the first field that is not a finite
-    number >= its minimum (``build_config`` turns it into a one-line error naming the owner)."""
-    for field, low in minimums.items():
-        value = getattr(config, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-            raise ValueError(f"{field} must be a number >= {low:g}, got {value!r}")
 
 
 def _type_name(annotation: Any) -> str:

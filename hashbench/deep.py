@@ -56,6 +56,9 @@ class TrainConfig:
     patience: int = 3
     amp: bool = True
 
+    def __post_init__(self) -> None:
+        """Rules tying fields together (ValueError; subclasses call it from their own)."""
+
 
 class DeepHashMethod(HashMethod):
     """Base of the deep methods (see the module docstring). ``input = "images"``.

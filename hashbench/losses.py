@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import hookimpl
 from .components import Component
 from .errors import HashbenchError
+from .params import param
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -102,11 +103,6 @@ class Loss(Component):
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _check_positive(self, field: str) -> None:
-        value = getattr(self.config, field)
-        if not (math.isfinite(value) and value > 0):
-            raise HashbenchError(f"{self.owner}: {field} must be a finite number > 0, got {value!r}")
-
     def _check_2d(self, **tensors: Any) -> None:
         import torch
 
@@ -141,14 +137,8 @@ class NTXentLoss(Loss):
 
     @dataclass(frozen=True)
     class Config:
-        temperature: float = 0.3
-        #: norms are clamped to at least eps before dividing (as torch's cosine similarity)
-        eps: float = 1e-8
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_positive("temperature")
-        self._check_positive("eps")
+        temperature: float = param(0.3, gt=0, doc="softmax temperature of the cosine logits")
+        eps: float = param(1e-8, gt=0, doc="norms are clamped to at least eps before dividing (as torch's cosine)")
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         import torch
@@ -181,11 +171,7 @@ class BernoulliKLLoss(Loss):
 
     @dataclass(frozen=True)
     class Config:
-        eps: float = 1e-8
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_positive("eps")
+        eps: float = param(1e-8, gt=0, doc="added inside the logarithms")
 
     def _kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         import torch

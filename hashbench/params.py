@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import HashbenchError
+
 METADATA_KEY = "hashbench"
 
 
@@ -59,26 +61,35 @@ class Limits:
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(str(c) for c in self.choices)}, got {value!r}"
         if self.registered is not None and value is not None:
-            from .registry import registry
-
-            if not isinstance(value, str) or value not in _known(registry(self.registered), value):
-                return f"must be a registered {self.registered} (hashbench list {self.registered}s), got {value!r}"
+            return _unregistered(self.registered, value)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
+        if not math.isfinite(value):
+            return f"must be a finite number{' ' + self.describe() if self.describe() else ''}, got {value!r}"
         bounds = ((self.gt, lambda b: value > b), (self.ge, lambda b: value >= b),
                   (self.lt, lambda b: value < b), (self.le, lambda b: value <= b))
-        if not math.isfinite(value) or not all(ok(b) for b, ok in bounds if b is not None):
-            return f"must be {self.describe() or 'a finite number'}, got {value!r}"
+        if not all(ok(b) for b, ok in bounds if b is not None):
+            return f"must be {self.describe()}, got {value!r}"
         return None
 
 
-def _known(registry: Any, name: str) -> set[str]:
-    """{name} when the registry has it (exactly or claimed, e.g. any timm model), else empty."""
-    try:
-        registry.entry(name)
-    except Exception:  # noqa: BLE001 - an unknown name is the violation reported by the caller
-        return set()
-    return {name}
+def _unregistered(kind: str, value: Any) -> str | None:
+    """Why ``value`` is not a registered name of ``kind`` (with close names), or None if it is
+    (exactly, or claimed by a family class such as the timm backbone)."""
+    import difflib
+
+    from .registry import PLURAL, registry
+
+    known = registry(kind)
+    if isinstance(value, str):
+        try:
+            known.entry(value)
+            return None
+        except HashbenchError:
+            pass
+    close = difflib.get_close_matches(str(value), known.names(), n=3, cutoff=0.5)
+    hint = f". Did you mean: {', '.join(close)}?" if close else ""
+    return f"must be a registered {kind}, got {value!r}{hint} (hashbench list {PLURAL[kind]})"
 
 
 def _number(value: float) -> str:
@@ -94,9 +105,15 @@ def param(default: Any = dataclasses.MISSING, *, doc: str = "", gt: float | None
     return dataclasses.field(default=default, metadata={METADATA_KEY: limits})
 
 
-def limits_of(field: dataclasses.Field) -> Limits:
-    """A field's declared limits (empty Limits when declared without :func:`param`)."""
-    return field.metadata.get(METADATA_KEY) or Limits()
+def limits_of(config_cls: type, name: str) -> Limits:
+    """The limits declared for field ``name`` of ``config_cls`` or, when a subclass redeclares
+    the field with a plain default (``schedule: str = "constant"``), of the nearest base class
+    that declared them with :func:`param`; empty Limits when none did."""
+    for cls in config_cls.__mro__:
+        field = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if field is not None and METADATA_KEY in field.metadata:
+            return field.metadata[METADATA_KEY]
+    return Limits()
 
 
 def check_fields(config: Any) -> None:
@@ -104,7 +121,7 @@ def check_fields(config: Any) -> None:
     that breaks its declared limits or holds a float that is not finite."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        problem = limits_of(field).violation(value)
+        problem = limits_of(type(config), field.name).violation(value)
         if problem is None and isinstance(value, float) and not math.isfinite(value):
             problem = f"must be a finite number, got {value!r}"
         if problem is not None:
@@ -119,7 +136,7 @@ def describe(config_cls: type) -> list[dict[str, Any]]:
     defaults = config_cls()
     rows = []
     for field in dataclasses.fields(config_cls):
-        limits = limits_of(field)
+        limits = limits_of(config_cls, field.name)
         annotation = hints.get(field.name, Any)
         rows.append({
             "name": field.name,

@@ -32,13 +32,13 @@ this module at the start of every command.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import hookimpl
 from .components import Component
 from .errors import HashbenchError
+from .params import param
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,20 +59,11 @@ class Sorter(Component):
 
     @dataclass(frozen=True)
     class Config:
-        temperature: float = 1.0
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_positive(self.parameter)
+        temperature: float = param(1.0, gt=0, doc="softness in score units; -> 0 gives the exact permutation")
 
     @property
     def owner(self) -> str:
         return f"sorter {self.name}"
-
-    def _check_positive(self, field: str) -> None:
-        value = getattr(self.config, field)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise HashbenchError(f"{self.owner}: {field} must be a finite number > 0, got {value!r}")
 
     def _check_scores(self, scores: Any) -> None:
         import torch
@@ -135,12 +126,8 @@ class SoftSortSorter(Sorter):
 
     @dataclass(frozen=True)
     class Config:
-        temperature: float = 1.0
-        power: float = 1.0
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self._check_positive("power")
+        temperature: float = param(1.0, gt=0, doc="softness in score units; -> 0 gives the exact permutation")
+        power: float = param(1.0, gt=0, doc="the distance |s_i - sorted_j|^power of SoftSort")
 
     def _sort(self, scores: torch.Tensor) -> torch.Tensor:
         return _softsort(scores, self.config.temperature, self.config.power)
@@ -188,7 +175,7 @@ class NeuralSortSorter(Sorter):
 
     @dataclass(frozen=True)
     class Config:
-        temperature: float = 1.0
+        temperature: float = param(1.0, gt=0, doc="softness in score units; -> 0 gives the exact permutation")
 
     def _sort(self, scores: torch.Tensor) -> torch.Tensor:
         import torch
@@ -249,19 +236,12 @@ class TorchsortSorter(Sorter):
 
     @dataclass(frozen=True)
     class Config:
-        #: softness, in score units (torchsort's epsilon)
-        regularization_strength: float = 1.0
-        regularization: str = "l2"
-        #: width of the rank kernel, in squared rank units
-        temperature: float = 0.05
+        regularization_strength: float = param(1.0, gt=0, doc="softness in score units (torchsort's epsilon)")
+        regularization: str = param("l2", choices=("l2", "kl"), doc="torchsort's regularization")
+        temperature: float = param(0.05, gt=0, doc="width of the rank kernel, in squared rank units")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if self.config.regularization not in ("l2", "kl"):
-            raise HashbenchError(
-                f"{self.owner}: regularization must be 'l2' or 'kl', got {self.config.regularization!r}"
-            )
-        self._check_positive("temperature")
         _import_torchsort(self.owner)
 
     def _sort(self, scores: torch.Tensor) -> torch.Tensor:

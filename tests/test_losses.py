@@ -156,9 +156,9 @@ def test_inputs_must_be_2d_float(name):
 
 
 def test_bad_parameters():
-    with pytest.raises(HashbenchError, match="temperature must be a finite number > 0"):
+    with pytest.raises(HashbenchError, match="temperature must be > 0"):
         hashbench.create("loss", "nt_xent", temperature=0)
-    with pytest.raises(HashbenchError, match="eps must be a finite number > 0"):
+    with pytest.raises(HashbenchError, match="eps must be > 0"):
         hashbench.create("loss", "bernoulli_kl", eps=-1.0)
     with pytest.raises(HashbenchError, match="no parameter 'temp'"):
         hashbench.create("loss", "nt_xent", temp=0.5)

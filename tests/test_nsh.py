@@ -328,11 +328,11 @@ def test_overrides_with_set():
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"sorter": "softsrot"}, r"method nsh: unknown sorter 'softsrot'\. Did you mean: softsort"),
+    ({"sorter": "softsrot"}, r"method nsh: sorter must be a registered sorter, got 'softsrot'\. Did you mean: softsort"),
     ({"sorter": "neural"}, "Did you mean: neuralsort"),
-    ({"positives": 0}, r"positives must be in \[1, batch_size - 1\] = \[1, 63\], got 0"),
-    ({"positives": 64}, r"positives must be in \[1, batch_size - 1\] = \[1, 63\], got 64"),
-    ({"positives": 8, "batch_size": 8}, r"= \[1, 7\], got 8"),
+    ({"positives": 0}, r"method nsh: positives must be >= 1, got 0"),
+    ({"positives": 64}, r"method nsh: positives must be <= batch_size - 1 = 63, got 64"),
+    ({"positives": 8, "batch_size": 8}, r"= 7, got 8"),
     ({"positives": 2.5}, "expects int"),
     ({"temperature": 0}, "temperature must be"),
     ({"sort_temperature": -1.0}, "sort_temperature must be"),

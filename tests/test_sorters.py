@@ -218,7 +218,7 @@ def test_torchsort_parameters():
     assert (kl - hard).abs().max() < 1e-3
     flat = make("torchsort", 1e4)(scores)  # every rank ~ (n + 1) / 2: uniform rows
     assert torch.allclose(flat, torch.full_like(flat, 1 / 12), atol=1e-3)
-    with pytest.raises(HashbenchError, match="regularization must be 'l2' or 'kl'"):
+    with pytest.raises(HashbenchError, match="regularization must be one of l2, kl"):
         make("torchsort", regularization="l1")
 
 
@@ -270,7 +270,7 @@ def test_other_bad_scores(name):
 def test_parameter_must_be_positive(name, value):
     needs(name)
     field = hashbench.registry.registry("sorter").get(name).parameter
-    with pytest.raises(HashbenchError, match=rf"sorter {name}: {field} must be a finite number > 0") as info:
+    with pytest.raises(HashbenchError, match=rf"sorter {name}: {field} must be (a finite number )?> 0") as info:
         hashbench.create("sorter", name, **{field: value})
     assert "\n" not in str(info.value)
 
@@ -278,7 +278,7 @@ def test_parameter_must_be_positive(name, value):
 def test_unknown_parameter_and_power():
     with pytest.raises(HashbenchError, match="no parameter 'temprature'.*Did you mean: temperature"):
         hashbench.create("sorter", "softsort", temprature=0.1)
-    with pytest.raises(HashbenchError, match="power must be a finite number > 0"):
+    with pytest.raises(HashbenchError, match="power must be > 0"):
         hashbench.create("sorter", "softsort", power=0)
     assert repr(hashbench.create("sorter", "softsort", temperature=2)) == "SoftSortSorter(temperature=2.0, power=1.0)"
 

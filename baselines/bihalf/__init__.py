@@ -3,13 +3,12 @@ AAAI 2021; code: github.com/liyunqianggyn/Deep-Unsupervised-Image-Hashing, ``Ima
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
-from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 PAIRS = ("cross", "halves")  # the options of GreedyHash's similarity loss, which BiHalf reuses
 
@@ -50,19 +49,8 @@ class BiHalf(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        gamma: float = 6.0
-        pairs: str = "cross"
-
-        def __post_init__(self) -> None:
-            parent = getattr(super(), "__post_init__", None)
-            if parent is not None:
-                parent()
-            if not (math.isfinite(self.gamma) and self.gamma >= 0):
-                raise HashbenchError(f"method bihalf: gamma must be a finite number >= 0, got {self.gamma}")
-            if self.pairs not in PAIRS:
-                raise HashbenchError(
-                    f"method bihalf: pairs must be one of {', '.join(PAIRS)}, got {self.pairs!r}"
-                )
+        gamma: float = param(6.0, ge=0, doc="weight of the similarity-preservation term")
+        pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 
     def build_head(self, feature_dim: int) -> Any:
         import torch.nn as nn

@@ -23,13 +23,12 @@ Defaults, and where they come from:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hashbench import create, hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
-from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 
 class CIBHash(DeepHashMethod):
@@ -47,15 +46,9 @@ class CIBHash(DeepHashMethod):
     @dataclass(frozen=True)
     class Config(TrainConfig):
         schedule: str = "constant"
-        temperature: float = 0.3
-        kl_weight: float = 0.001
-        stochastic: bool = False
-
-        def __post_init__(self) -> None:
-            if not (math.isfinite(self.temperature) and self.temperature > 0):
-                raise HashbenchError(f"method cibhash: temperature must be > 0, got {self.temperature}")
-            if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-                raise HashbenchError(f"method cibhash: kl_weight must be a finite number >= 0, got {self.kl_weight}")
+        temperature: float = param(0.3, gt=0, doc="NT-Xent temperature")
+        kl_weight: float = param(0.001, ge=0, doc="weight (beta) of the symmetric Bernoulli KL term")
+        stochastic: bool = param(False, doc="training codes sign(p - u), u ~ U(0, 1) (the paper) instead of sign(p - 0.5) (the code)")
 
     def build_head(self, feature_dim: int) -> Any:
         from .model import build_head

@@ -3,13 +3,12 @@ Coding in CNN", NeurIPS 2018; code: github.com/ssppp/GreedyHash, ``unsupervised_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
-from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 PAIRS = ("cross", "halves")  # kept equal to layers.PAIRS (that module imports torch)
 
@@ -51,22 +50,9 @@ class GreedyHash(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        alpha: float = 0.1
-        power: float = 3.0
-        pairs: str = "cross"
-
-        def __post_init__(self) -> None:
-            parent = getattr(super(), "__post_init__", None)
-            if parent is not None:
-                parent()
-            if not (math.isfinite(self.alpha) and self.alpha >= 0):
-                raise HashbenchError(f"method greedyhash: alpha must be a finite number >= 0, got {self.alpha}")
-            if not (math.isfinite(self.power) and self.power > 0):
-                raise HashbenchError(f"method greedyhash: power must be a finite number > 0, got {self.power}")
-            if self.pairs not in PAIRS:
-                raise HashbenchError(
-                    f"method greedyhash: pairs must be one of {', '.join(PAIRS)}, got {self.pairs!r}"
-                )
+        alpha: float = param(0.1, ge=0, doc="weight of the quantization penalty |h|^power")
+        power: float = param(3.0, gt=0, doc="exponent of the quantization penalty")
+        pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 
     def build_head(self, feature_dim: int) -> Any:
         import torch.nn as nn

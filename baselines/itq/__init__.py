@@ -8,7 +8,7 @@ import numpy as np
 
 from hashbench import hookimpl
 from hashbench.components import HashMethod, Split
-from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 from .. import _linear
 
@@ -32,11 +32,7 @@ class ITQ(HashMethod):
 
     @dataclass(frozen=True)
     class Config:
-        iterations: int = 50
-
-        def __post_init__(self) -> None:
-            if self.iterations < 0:
-                raise HashbenchError(f"method itq: iterations must be >= 0, got {self.iterations}")
+        iterations: int = param(50, ge=0, doc="alternating rotation/code updates")
 
     rotation_: np.ndarray | None = None
 

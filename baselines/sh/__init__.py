@@ -9,6 +9,7 @@ import numpy as np
 from hashbench import hookimpl
 from hashbench.components import HashMethod, Split
 from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 from .. import _linear
 
@@ -34,11 +35,7 @@ class SH(HashMethod):
 
     @dataclass(frozen=True)
     class Config:
-        pca_dim: int | None = None  # None: min(bits, D) as the reference code (<= train size)
-
-        def __post_init__(self) -> None:
-            if self.pca_dim is not None and self.pca_dim < 1:
-                raise HashbenchError(f"method sh: pca_dim must be >= 1, got {self.pca_dim}")
+        pca_dim: int | None = param(None, ge=1, doc="PCA dimensions; None = min(bits, D) as the reference code")
 
     modes_: np.ndarray | None = None
 

@@ -17,7 +17,8 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..components import Split, Splits, check_minimums
+from ..components import Split, Splits
+from ..params import param
 from ..errors import HashbenchError
 from . import roots
 from .images import ImageFiles, ImageProtocol, published_by_bits
@@ -91,11 +92,8 @@ class ListFileProtocol(ImageProtocol):
 
     @dataclass(frozen=True)
     class Config:
-        split_seed: int = 0
-        val_size: int = 1000
-
-        def __post_init__(self) -> None:
-            check_minimums(self, split_seed=0, val_size=0)
+        split_seed: int = param(0, ge=0, doc="seed of the validation draw from the training list")
+        val_size: int = param(1000, ge=0, doc="validation images drawn from the training list (0: none)")
 
     def locate(self) -> Path:
         """The first folder that holds the three list files."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import check_minimums
+from ..params import param
 from ..errors import HashbenchError
 
 
@@ -32,13 +32,10 @@ def per_class_sample(labels: np.ndarray, pool: np.ndarray, per_class: int, rng: 
 class PerClassConfig:
     """Parameters of a class-balanced protocol: the split seed and the items per class drawn."""
 
-    def __post_init__(self) -> None:
-        check_minimums(self, split_seed=0, queries_per_class=1, train_per_class=1, val_per_class=0)
-
-    split_seed: int = 0
-    queries_per_class: int = 100
-    train_per_class: int = 500
-    val_per_class: int = 100
+    split_seed: int = param(0, ge=0, doc="seed of the class-balanced draw of the splits")
+    queries_per_class: int = param(100, ge=1, doc="query images drawn per class")
+    train_per_class: int = param(500, ge=1, doc="training images drawn per class (from the database)")
+    val_per_class: int = param(100, ge=0, doc="validation images drawn per class (0: no validation split)")
 
 
 def standard_split(labels: np.ndarray, cfg: PerClassConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

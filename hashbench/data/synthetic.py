@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import Protocol, Splits, check_minimums
+from ..components import Protocol, Splits
+from ..params import param
 
 
 class Synthetic(Protocol):
@@ -26,19 +27,15 @@ class Synthetic(Protocol):
 
     @dataclass(frozen=True)
     class Config:
-        seed: int = 0
-        num_classes: int = 4
-        dim: int = 16
-        per_class: int = 60
-        queries_per_class: int = 5
-        val_per_class: int = 5
-        train_per_class: int = 30
-        spread: float = 0.6
-        multi_label: bool = False
-
-        def __post_init__(self) -> None:
-            check_minimums(self, seed=0, num_classes=2, dim=1, per_class=1, queries_per_class=1, val_per_class=0,
-                           train_per_class=1, spread=0)
+        seed: int = param(0, ge=0, doc="seed of the generated collection and its splits")
+        num_classes: int = param(4, ge=2, doc="Gaussian clusters, one per class")
+        dim: int = param(16, ge=1, doc="feature dimensions")
+        per_class: int = param(60, ge=1, doc="items generated per class")
+        queries_per_class: int = param(5, ge=1, doc="query items per class")
+        val_per_class: int = param(5, ge=0, doc="validation items per class")
+        train_per_class: int = param(30, ge=1, doc="training items per class (from the database)")
+        spread: float = param(0.6, ge=0, doc="standard deviation of each cluster around its centre")
+        multi_label: bool = param(False, doc="items carry 1-2 labels (multi-hot) instead of one class")
 
     def __init__(self, **params) -> None:
         super().__init__(**params)

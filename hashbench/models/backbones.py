@@ -26,6 +26,7 @@ import numpy as np
 
 from ..components import Component, build_config
 from ..errors import HashbenchError
+from ..params import param
 from . import weights as weight_sources
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,11 +113,11 @@ class TimmBackbone(Component):
 
     @dataclass(frozen=True)
     class Config:
-        model: str = ""                  # timm model name, e.g. "resnet18" (set by --backbone NAME)
-        pretrained: bool | str = True    # False: random init; True: offline source or timm's; or a file path
-        input_size: int | None = None    # square input side; None: the model's timm data config
-        frozen: bool = True              # no trainable parameters, eval mode, forward under no_grad
-        seed: int = 0                    # torch seed for random init (pretrained=False)
+        model: str = param("", doc="timm model name, e.g. resnet18 (set by --backbone NAME)")
+        pretrained: bool | str = param(True, doc="False: random init; True: offline source or timm's; or a file path")
+        input_size: int | None = param(None, ge=1, doc="square input side in pixels; None: the model's timm data config")
+        frozen: bool = param(True, doc="no trainable parameters, eval mode, forward under no_grad")
+        seed: int = param(0, ge=0, doc="torch seed of the random init (pretrained=False)")
 
         def __post_init__(self) -> None:
             value = self.pretrained
@@ -125,9 +126,7 @@ class TimmBackbone(Component):
                 if low in _TRUE or low in _FALSE:
                     object.__setattr__(self, "pretrained", low in _TRUE)
                 elif not value.strip():
-                    raise HashbenchError("backbone: pretrained must be true, false or a file path, got ''")
-            if self.input_size is not None and self.input_size < 1:
-                raise HashbenchError(f"backbone: input_size must be a positive int, got {self.input_size}")
+                    raise ValueError("pretrained must be true, false or a file path, got ''")
 
     # ------------------------------------------------------------------ registry
 

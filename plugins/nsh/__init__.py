@@ -49,13 +49,13 @@ torch is imported inside methods only: the registry imports this module at every
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hashbench import create, hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 #: SortedNCE and quantization: the names of the objective's terms
 TERMS = ("sorted_nce", "quantization")
@@ -86,42 +86,18 @@ class NSH(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        sorter: str = "softsort"
-        sort_temperature: float | None = None
-        positives: int = 2
-        score: str = "dot"
-        temperature: float = 0.3
-        latent_dim: int = 1024
-        quantization_weight: float = 1.0
+        sorter: str = param("softsort", registered="sorter", doc="the differentiable sorter of code similarities")
+        sort_temperature: float | None = param(None, gt=0, doc="the sorter's parameter; None = 1 / bits (sdc)")
+        positives: int = param(2, ge=1, doc="m: the ranks of each sorted list taken as positives (<= batch_size - 1)")
+        score: str = param("dot", choices=SCORES, doc="rank r of anchor i: E[i, r] . z2[i] (sdc) or cos(E[i, r], z2[i])")
+        temperature: float = param(0.3, gt=0, doc="tau of SortedNCE")
+        latent_dim: int = param(1024, ge=1, doc="size of the latent head")
+        quantization_weight: float = param(1.0, ge=0, doc="weight of MSE(b, sign b); 0 drops it")
 
         def __post_init__(self) -> None:
-            parent = getattr(super(), "__post_init__", None)
-            if parent is not None:
-                parent()
-            owner = "method nsh"
-            from hashbench.registry import registry
-
-            try:
-                registry("sorter").entry(self.sorter)
-            except HashbenchError as exc:
-                raise HashbenchError(f"{owner}: {exc}") from None
-            t = self.sort_temperature
-            if t is not None and not (math.isfinite(t) and t > 0):
-                raise HashbenchError(f"{owner}: sort_temperature must be a finite number > 0 or None, got {t}")
-            if not (1 <= self.positives <= self.batch_size - 1):
-                raise HashbenchError(
-                    f"{owner}: positives must be in [1, batch_size - 1] = [1, {self.batch_size - 1}], "
-                    f"got {self.positives}"
-                )
-            if self.score not in SCORES:
-                raise HashbenchError(f"{owner}: score must be one of {', '.join(SCORES)}, got {self.score!r}")
-            if not (math.isfinite(self.temperature) and self.temperature > 0):
-                raise HashbenchError(f"{owner}: temperature must be a finite number > 0, got {self.temperature}")
-            if self.latent_dim < 1:
-                raise HashbenchError(f"{owner}: latent_dim must be >= 1, got {self.latent_dim}")
-            w = self.quantization_weight
-            if not (math.isfinite(w) and w >= 0):
-                raise HashbenchError(f"{owner}: quantization_weight must be a finite number >= 0, got {w}")
+            super().__post_init__()
+            if self.positives > self.batch_size - 1:
+                raise ValueError(f"positives must be <= batch_size - 1 = {self.batch_size - 1}, got {self.positives}")
 
     def __init__(self, bits: int, seed: int = 0, **params: Any) -> None:
         super().__init__(bits, seed, **params)

@@ -61,13 +61,13 @@ torch is imported inside methods only: the registry imports this module at every
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.errors import HashbenchError
+from hashbench.params import param
 
 #: the names of the objective's terms
 TERMS = ("weighted_ce", "balance", "magnitude")
@@ -101,35 +101,15 @@ class WCH(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        attention_temperature: float = 1.0
-        target_temperature: float = 0.2
-        target_normalization: str = "column"
-        code_temperature: float = 0.3
-        hidden_dim: int = 1024
-        balance_weight: float = 1.0
-        magnitude_weight: float = 1.0
-        chunk_mib: float = 64.0
-
-        def __post_init__(self) -> None:
-            parent = getattr(super(), "__post_init__", None)
-            if parent is not None:
-                parent()
-            owner = "method wch"
-            for field in ("attention_temperature", "target_temperature", "code_temperature", "chunk_mib"):
-                value = getattr(self, field)
-                if not (math.isfinite(value) and value > 0):
-                    raise HashbenchError(f"{owner}: {field} must be a finite number > 0, got {value}")
-            if self.target_normalization not in TARGET_NORMALIZATIONS:
-                raise HashbenchError(
-                    f"{owner}: target_normalization must be one of {', '.join(TARGET_NORMALIZATIONS)}, "
-                    f"got {self.target_normalization!r}"
-                )
-            if self.hidden_dim < 1:
-                raise HashbenchError(f"{owner}: hidden_dim must be >= 1, got {self.hidden_dim}")
-            for field in ("balance_weight", "magnitude_weight"):
-                value = getattr(self, field)
-                if not (math.isfinite(value) and value >= 0):
-                    raise HashbenchError(f"{owner}: {field} must be a finite number >= 0, got {value}")
+        attention_temperature: float = param(1.0, gt=0, doc="T of the mutual attention between the two views")
+        target_temperature: float = param(0.2, gt=0, doc="T of the softmax over the batch of the weighted targets")
+        target_normalization: str = param("column", choices=TARGET_NORMALIZATIONS,
+                                          doc="A / diag(A) broadcast (column, the code's) or per row")
+        code_temperature: float = param(0.3, gt=0, doc="the logits are h1 h2^T / bits / code_temperature")
+        hidden_dim: int = param(1024, ge=1, doc="width of the hash head's hidden layer")
+        balance_weight: float = param(1.0, ge=0, doc="weight of balance = MSE(mean_batch h1, 0)")
+        magnitude_weight: float = param(1.0, ge=0, doc="weight of magnitude = MSE(h1, 0), subtracted from the loss")
+        chunk_mib: float = param(64.0, gt=0, doc="the most MiB of float32 similarities held per chunk of the targets")
 
     # ---- pieces --------------------------------------------------------------------------
     def build_head(self, feature_dim: int) -> Any:
