@@ -372,6 +372,36 @@ def cmd_list(args: argparse.Namespace) -> int:
         indent = "  " if len(kinds) > 1 else ""
         for e in entries:
             print(f"{indent}{e.name:<{name_w}}  {e.plugin:<{plugin_w}}  {e.summary}")
+            if args.params:
+                print_params(e.cls, indent + "    ")
+    return 0
+
+
+def print_params(cls: type, indent: str = "") -> None:
+    """One line per field of ``cls.Config``: name, type, default, declared limits, doc."""
+    from .params import describe
+
+    rows = describe(cls.Config)
+    if not rows:
+        print(f"{indent}(no parameters)")
+        return
+    cells = [(r["name"], r["type"], json.dumps(r["default"], default=str), r["limits"] or "-", r["doc"])
+             for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    for cell in cells:
+        line = "  ".join(f"{text:<{w}}" for text, w in zip(cell[:4], widths))
+        print(f"{indent}{line}  {cell[4]}".rstrip())
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    kinds = [normalize_kind(args.kind)] if args.kind else list(HOOKS)
+    found = [(kind, registry(kind).entry(args.name)) for kind in kinds
+             if args.kind or args.name in registry(kind)]
+    if not found:
+        raise HashbenchError(f"no component is named '{args.name}' (hashbench list shows all)")
+    for kind, entry in found:
+        print(f"{kind} {entry.name} ({entry.plugin}): {entry.summary}")
+        print_params(entry.cls, "  ")
     return 0
 
 
@@ -486,7 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", nargs="?", help="methods, datasets, backbones, sorters, losses, executors")
     lst.add_argument("--pattern", default="*", help="fnmatch pattern on names, e.g. '*h'")
+    lst.add_argument("--params", action="store_true",
+                     help="also each parameter: type, default, limits and doc")
     lst.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a component's parameters: type, default, limits and doc")
+    show.add_argument("name", help="a registered name, e.g. nsh")
+    show.add_argument("--kind", help="its kind, when the name is registered under several (methods, sorters, ...)")
+    show.set_defaults(func=cmd_show)
     return parser
 
 
