@@ -12,7 +12,8 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from .config import (
     DEFAULT_BITS,
@@ -36,7 +37,31 @@ EXIT_FAILED = 1
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line and exit with code 2 (no usage dump)."""
+    """argparse, but its errors are one line and exit with code 2 (no usage dump).
+
+    ``before_parse``: functions ``f(parser)`` that add arguments on first use (before parsing or
+    help), so that only the commands that need the registry load it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.before_parse: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def _complete(self) -> None:
+        while self.before_parse:
+            self.before_parse.pop(0)(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         command = self.prog.partition(" ")[2]  # "ablate" of "hashbench ablate"; main adds "hashbench: "
@@ -102,31 +127,161 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
     return experiment, settings
 
 
-#: grid flags that set an executor parameter: argparse dest -> the executor's Config field
-EXECUTOR_FLAGS = {"jobs": "jobs", "ray_address": "address", "cpus_per_run": "cpus_per_run",
-                  "gpus_per_run": "gpus_per_run", "partition": "partition", "time": "time"}
-
-
 def executor_params(args: argparse.Namespace, executor: str, base: dict[str, Any]) -> dict[str, Any]:
     """The executor's parameters: ``base`` (the experiment file's) with the flags given over it.
 
     Checked now, before anything runs: a flag the executor does not take, or a bad value, is a
-    one-line error.
+    one-line error (``executor local: --jobs must be >= 1, got 0`` for a flag's value).
     """
-    import dataclasses
+    from .params import limits_of
 
     cls = registry("executor").get(executor)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
     params = dict(base)
-    for dest, param in EXECUTOR_FLAGS.items():
-        value = getattr(args, dest, None)
+    for option in executor_options().values():
+        value = getattr(args, option.dest, None)
         if value is None:
             continue
-        if param not in fields:
-            raise HashbenchError(f"executor {executor} takes no --{dest.replace('_', '-')}")
-        params[param] = value
+        field = option.fields.get(executor)
+        if field is None:
+            raise HashbenchError(f"executor {executor} takes no {option.flag}")
+        problem = limits_of(cls.Config, field).violation(value)
+        if problem is not None:
+            raise HashbenchError(f"executor {executor}: {option.flag} {problem}")
+        params[field] = value
     registry("executor").create(executor, **params)
     return params
+
+
+# ----------------------------------------------------------------------------- executor options
+
+def executor_flags(cls: type) -> dict[str, str]:
+    """Config field -> command-line flag of an executor class: every field of its ``Config`` is an
+    option of ``run`` and ``ablate``, ``--<field-with-dashes>`` unless the class's ``cli_options``
+    (a dict, field -> flag) names another flag, or None to keep the field to experiment files
+    (``executor_params:``). A ``cli_options`` key that is not a field, or a flag that is not
+    ``--lower-case-words``, is a one-line error naming the executor.
+    """
+    import dataclasses
+    import re
+
+    fields = [f.name for f in dataclasses.fields(cls.Config)]
+    declared = getattr(cls, "cli_options", None) or {}
+    owner = f"executor {getattr(cls, 'name', cls.__qualname__)}"
+    if not isinstance(declared, dict):
+        raise HashbenchError(f"{owner}: cli_options must be a dict (field -> flag), got {type(declared).__name__}")
+    for field, flag in declared.items():
+        if field not in fields:
+            raise HashbenchError(f"{owner}: cli_options names '{field}', which is not a Config field "
+                                 f"(fields: {', '.join(fields) or 'none'})")
+        if flag is not None and not (isinstance(flag, str) and re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", flag)):
+            raise HashbenchError(f"{owner}: cli_options gives '{field}' the flag {flag!r}; a flag is "
+                                 "'--lower-case-words' (or None: no flag)")
+    flags = {field: declared.get(field, "--" + field.replace("_", "-")) for field in fields}
+    return {field: flag for field, flag in flags.items() if flag is not None}
+
+
+@dataclass(frozen=True)
+class ExecutorOption:
+    """One command-line option of the executors: ``flag`` and, per executor that takes it, the
+    Config field it sets (with that field's type annotation, default and declared limits)."""
+
+    flag: str
+    fields: dict[str, str]
+    annotations: dict[str, Any]
+    defaults: dict[str, Any]
+    limits: dict[str, Any]
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    def value_type(self) -> tuple[Callable[[str], Any] | None, str | None]:
+        """(argparse type, metavar) for the union of the fields' types (None dropped): int;
+        int or float (a number); bool (true/false); str; anything else read as a YAML scalar."""
+        kinds = set()
+        for annotation in self.annotations.values():
+            kinds.update(_plain_types(annotation))
+        if kinds == {int}:
+            return int, "N"
+        if kinds and kinds <= {int, float}:
+            return (float if kinds == {float} else _number), "X" if kinds == {float} else "N"
+        if kinds == {bool}:
+            return _boolean, "true|false"
+        if kinds == {str}:
+            return None, None
+        return _yaml_value, "VALUE"
+
+    def help(self) -> str:
+        """``executor local: worker processes ... (>= 1; default 1)``; executors with the same doc,
+        limits and default share one clause (``executors ray, slurm: CPUs per run ...``)."""
+        groups: dict[str, list[str]] = {}
+        for executor in self.fields:
+            limits, default = self.limits[executor], self.defaults[executor]
+            notes = [limits.describe()] if limits.describe() else []
+            if default is not None:
+                notes.append(f"default {_shown(default)}")
+            clause = limits.doc or self.fields[executor].replace("_", " ")
+            groups.setdefault(clause + (f" ({'; '.join(notes)})" if notes else ""), []).append(executor)
+        parts = [f"executor{'s' if len(names) > 1 else ''} {', '.join(names)}: {text}" for text, names in groups.items()]
+        return "; ".join(parts).replace("%", "%%")
+
+
+def _plain_types(annotation: Any) -> set[Any]:
+    """The classes of a field annotation with None dropped: ``int | None`` -> {int}."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_plain_types(arm) for arm in typing.get_args(annotation)))
+    if annotation is type(None):
+        return set()
+    return {annotation if isinstance(annotation, type) else object}
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def executor_options() -> dict[str, ExecutorOption]:
+    """Every registered executor's options (:func:`executor_flags`), by flag, in the order the
+    executors are listed; a flag that several executors take sets each one's own field."""
+    import typing
+
+    from .params import limits_of
+
+    table: dict[str, ExecutorOption] = {}
+    for entry in registry("executor").entries():
+        cls = entry.cls
+        hints = typing.get_type_hints(cls.Config)
+        defaults = cls.Config()
+        for field, flag in executor_flags(cls).items():
+            option = table.setdefault(flag, ExecutorOption(flag, {}, {}, {}, {}))
+            option.fields[entry.name] = field
+            option.annotations[entry.name] = hints.get(field, Any)
+            option.defaults[entry.name] = getattr(defaults, field)
+            option.limits[entry.name] = limits_of(cls.Config, field)
+    return table
+
+
+def _add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every registered executor (:func:`executor_options`), in their own group
+    of ``parser``; a flag the command already has is a one-line error naming the executors."""
+    options = executor_options()
+    for action in parser._actions:  # name the registered executors in --executor's help
+        if action.dest == "executor":
+            action.help = (f"executor name: {', '.join(registry('executor').names())} (default: local; "
+                           "hashbench list executors)")
+    taken = {dest for action in parser._actions for dest in (action.dest, *action.option_strings)}
+    group = parser.add_argument_group(
+        "executor options", "set a parameter of the executor that runs the grid (over the experiment "
+        "file's executor_params); each executor declares its own")
+    for option in options.values():
+        if option.flag in taken or option.dest in taken:
+            raise HashbenchError(
+                f"executor {', '.join(option.fields)}: option {option.flag} clashes with an option of "
+                f"{parser.prog}; name another flag in the executor's cli_options")
+        value_type, metavar = option.value_type()
+        group.add_argument(option.flag, type=value_type, metavar=metavar, help=option.help())
 
 
 def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Namespace,
@@ -415,6 +570,29 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+_number.__name__ = "number"  # argparse's message: "invalid number value: 'x'"
+
+
+def _boolean(text: str) -> bool:
+    """An argparse type: true/false (also yes/no, on/off, 1/0), any case."""
+    value = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+_boolean.__name__ = "true/false"
+
+
+def _yaml_value(text: str) -> Any:
+    """An argparse type: a YAML scalar, as ``--set`` reads values (``1e-3``, ``[1, 2]``, ``null``)."""
+    return parse_set([f"value={text}"])["value"]
+
+
+_yaml_value.__name__ = "YAML"
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number > 0."""
     try:
@@ -442,18 +620,13 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
                         help="backbone input side in pixels (default: the backbone's)")
     parser.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
     parser.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE", help=set_help)
-    parser.add_argument("--executor", help="executor name: local, ray, slurm (default: local; hashbench list executors)")
-    parser.add_argument("--jobs", type=int, metavar="N",
-                        help="executor local: N worker processes (default 1: one run after another, in this process)")
-    parser.add_argument("--ray-address", metavar="ADDR",
-                        help="executor ray: join this Ray cluster (default: start a local Ray instance)")
-    parser.add_argument("--cpus-per-run", type=_number, metavar="N", help="executors ray, slurm: CPUs per run (default 1)")
-    parser.add_argument("--gpus-per-run", type=_number, metavar="N", help="executors ray, slurm: GPUs per run (default 0)")
-    parser.add_argument("--partition", help="executor slurm: the Slurm partition (default: the cluster's)")
-    parser.add_argument("--time", type=int, metavar="MINUTES", help="executor slurm: time limit of each run (default 60)")
+    parser.add_argument("--executor", help="executor name (default: local; hashbench list executors)")
     parser.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
     parser.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # every registered executor's options (--jobs, --ray-address, ...), added when the command
+    # runs: the registry loads only for the commands that need it
+    parser.before_parse.append(_add_executor_options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,11 @@ record itself, so all of them write the same records. When the process running a
 :func:`hashbench.runner.record_lost_run` and the grid goes on; the next ``hashbench run`` redoes
 it. ray and submitit are imported only when their executor is used: this module is imported by
 every command, through the registry.
+
+Each Config field is declared with :func:`hashbench.params.param` (limits and a one-line doc,
+checked by :func:`hashbench.components.build_config`) and is an option of ``hashbench run`` and
+``hashbench ablate``: ``--<field-with-dashes>``, or the flag a class names in ``cli_options``
+(``ray``'s ``address`` is ``--ray-address``); see :func:`hashbench.cli.executor_flags`.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import hookimpl
 from .components import Executor
 from .errors import HashbenchError
+from .params import param
 
 
 def _now() -> str:
@@ -213,13 +219,7 @@ class LocalExecutor(Executor):
 
     @dataclass(frozen=True)
     class Config:
-        #: worker processes; 1 runs the tasks in this process, one after another
-        jobs: int = 1
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.config.jobs < 1:
-            raise HashbenchError(f"executor local: --jobs must be at least 1, got {self.config.jobs}")
+        jobs: int = param(1, ge=1, doc="worker processes; 1 runs the grid in this process, one run after another")
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
         if self.config.jobs == 1:
@@ -253,24 +253,20 @@ class RayExecutor(Executor):
     name = "ray"
     summary = "one Ray task per run, on a local Ray instance or a cluster (--ray-address); needs hashbench[ray]"
 
+    #: ``address`` keeps the flag it has always had
+    cli_options: ClassVar[dict[str, str | None]] = {"address": "--ray-address"}
+
     @dataclass(frozen=True)
     class Config:
-        #: a Ray cluster to join (e.g. ``ray://head:10001`` or ``auto``); None starts a local instance
-        address: str | None = None
-        #: CPUs of the local instance (None: all); ignored when joining a cluster
-        num_cpus: int | None = None
-        cpus_per_run: float = 1.0
-        gpus_per_run: float = 0.0
+        address: str | None = param(None, doc="join this Ray cluster (e.g. ray://head:10001 or auto); "
+                                    "unset: start a local Ray instance")
+        num_cpus: int | None = param(None, ge=1, doc="CPUs of the local Ray instance (unset: all); "
+                                     "ignored when joining a cluster")
+        cpus_per_run: float = param(1.0, gt=0, doc="CPUs per run")
+        gpus_per_run: float = param(0.0, ge=0, doc="GPUs per run")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if self.config.cpus_per_run <= 0 or self.config.gpus_per_run < 0:
-            raise HashbenchError(
-                "executor ray: --cpus-per-run must be > 0 and --gpus-per-run >= 0, got "
-                f"{self.config.cpus_per_run:g} and {self.config.gpus_per_run:g}"
-            )
-        if self.config.num_cpus is not None and self.config.num_cpus < 1:
-            raise HashbenchError(f"executor ray: num_cpus must be at least 1, got {self.config.num_cpus}")
         _require("ray", "ray", self.name)
 
     def _init(self, ray: Any) -> bool:
@@ -343,37 +339,26 @@ class SlurmExecutor(Executor):
 
     @dataclass(frozen=True)
     class Config:
-        partition: str | None = None
-        cpus_per_run: int = 1
-        gpus_per_run: int = 0
-        #: time limit of each run, in minutes
-        time: int = 60
-        mem_gb: int | None = None
-        #: "slurm"; "local" runs the jobs as processes on this machine; "debug" in this process
-        cluster: str = "slurm"
-        #: runs at once: Slurm's array throttle (None: submitit's default); local: None = CPU count
-        array_parallelism: int | None = None
-        #: where submitit writes its job files and logs (default: <results dir>/slurm)
-        folder: str | None = None
-        #: seconds between polls of the jobs' state
-        poll_s: float = 1.0
+        partition: str | None = param(None, doc="the Slurm partition (unset: the cluster's default)")
+        cpus_per_run: int = param(1, ge=1, doc="CPUs per run")
+        gpus_per_run: int = param(0, ge=0, doc="GPUs per run")
+        time: int = param(60, ge=1, doc="time limit of each run, in minutes")
+        mem_gb: int | None = param(None, ge=1, doc="memory of each run in GB (unset: the cluster's default)")
+        cluster: str = param("slurm", choices=SUBMITIT_CLUSTERS,
+                             doc="where the jobs run: slurm; local: processes on this machine; debug: in this process")
+        array_parallelism: int | None = param(None, ge=1, doc="runs at once: Slurm's array throttle (unset: "
+                                              "submitit's default); on a local cluster, unset is the CPU count")
+        folder: str | None = param(None, doc="where submitit writes its job files and logs "
+                                   "(unset: <results dir>/slurm)")
+        poll_s: float = param(1.0, gt=0, doc="seconds between polls of the jobs' state")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         c = self.config
-        if c.cluster not in SUBMITIT_CLUSTERS:
-            raise HashbenchError(
-                f"executor slurm: cluster must be one of {', '.join(SUBMITIT_CLUSTERS)}, got '{c.cluster}'")
-        if c.cpus_per_run < 1 or c.gpus_per_run < 0 or c.time < 1:
-            raise HashbenchError(
-                "executor slurm: --cpus-per-run and --time must be at least 1 and --gpus-per-run >= 0, got "
-                f"{c.cpus_per_run}, {c.time} and {c.gpus_per_run}")
-        if c.array_parallelism is not None and c.array_parallelism < 1:
-            raise HashbenchError(f"executor slurm: array_parallelism must be at least 1, got {c.array_parallelism}")
         _require("submitit", "slurm", self.name)
         if c.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise HashbenchError("executor slurm: no Slurm here (sbatch not found); the experiment file's "
-                                 "executor_params: {cluster: local} runs the jobs on this machine")
+            raise HashbenchError("executor slurm: no Slurm here (sbatch not found); --cluster local (or the "
+                                 "experiment file's executor_params: {cluster: local}) runs the jobs on this machine")
 
     def _executor(self, folder: Path) -> Any:
         submitit = _require("submitit", "slurm", self.name)

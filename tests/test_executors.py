@@ -286,7 +286,7 @@ def test_a_lost_run_never_replaces_a_finished_record(tmp_path):
     (["--jobs", "2", "--partition", "gpu"], "executor local takes no --partition"),
     (["--executor", "ray", "--jobs", "2"], "executor ray takes no --jobs"),
     (["--executor", "slurm", "--ray-address", "auto"], "executor slurm takes no --ray-address"),
-    (["--jobs", "0"], "executor local: --jobs must be at least 1, got 0"),
+    (["--jobs", "0"], "executor local: --jobs must be >= 1, got 0"),
     (["--jobs", "two"], "argument --jobs: invalid int value: 'two'"),
     (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be > 0"),
 ])
