@@ -325,3 +325,153 @@ def test_slurm_without_slurm_is_one_line_exit_2(cli, tmp_path, monkeypatch, one_
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     code, _, err = cli("run", *GRID, "--executor", "slurm", "--partition", "gpu", "--results-dir", str(tmp_path / "r"))
     assert code == 2 and "executor slurm: no Slurm here (sbatch not found)" in one_line_error(err)
+
+
+# ----------------------------------------------------------------------------- declared options
+
+def _help(cli_main, capsys, command: str) -> str:
+    """``hashbench COMMAND --help``, its lines joined (argparse wraps the help text)."""
+    with pytest.raises(SystemExit) as stop:
+        cli_main([command, "--help"])
+    assert stop.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["run", "ablate"])
+def test_every_executor_field_is_an_option_with_its_doc(command, capsys):
+    import hashbench
+    from hashbench.cli import executor_flags, main
+    from hashbench.params import limits_of
+
+    text = _help(main, capsys, command)
+    assert "executor options:" in text and "executor name: local, ray, slurm" in text
+    for name in hashbench.names("executor"):
+        cls = registry_module.registry("executor").get(name)
+        for field, flag in executor_flags(cls).items():
+            doc = limits_of(cls.Config, field).doc
+            assert doc, f"executor {name}: field {field} has no doc"
+            assert f"{flag} " in text and doc in text, (flag, doc)
+
+
+def test_the_historic_flags_keep_their_names_and_fields():
+    from hashbench.cli import executor_options
+
+    table = {flag: option.fields for flag, option in executor_options().items()}
+    assert table["--jobs"] == {"local": "jobs"}
+    assert table["--ray-address"] == {"ray": "address"} and "--address" not in table
+    assert table["--cpus-per-run"] == {"ray": "cpus_per_run", "slurm": "cpus_per_run"}
+    assert table["--gpus-per-run"] == {"ray": "gpus_per_run", "slurm": "gpus_per_run"}
+    assert table["--partition"] == {"slurm": "partition"} and table["--time"] == {"slurm": "time"}
+
+
+@pytest.mark.parametrize("executor, flags, expected, package", [
+    ("local", ["--jobs", "3"], {"jobs": 3}, None),
+    ("ray", ["--ray-address", "auto", "--cpus-per-run", "0.5", "--num-cpus", "2"],
+     {"address": "auto", "cpus_per_run": 0.5, "num_cpus": 2}, "ray"),
+    ("slurm", ["--cluster", "local", "--cpus-per-run", "2", "--time", "5", "--poll-s", "0.5", "--mem-gb", "3"],
+     {"cluster": "local", "cpus_per_run": 2, "time": 5, "poll_s": 0.5, "mem_gb": 3}, "submitit"),
+])
+def test_flags_reach_the_executor_config_over_the_file(executor, flags, expected, package, tmp_path):
+    if package:
+        pytest.importorskip(package)
+    from hashbench.cli import build_experiment, build_parser
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"executor: {executor}\nexecutor_params: {{}}\n")
+    if executor == "slurm":
+        exp.write_text("executor: slurm\nexecutor_params: {cluster: debug, folder: here, time: 9}\n")
+        expected = {**expected, "folder": "here"}
+    args = build_parser().parse_args(["run", "-c", str(exp), *GRID, *flags])
+    _, settings = build_experiment(args)
+    assert settings["executor"] == executor and settings["executor_params"] == expected
+    config = registry_module.create("executor", executor, **settings["executor_params"]).config
+    assert all(getattr(config, k) == v for k, v in expected.items())
+
+
+def test_commands_without_a_grid_do_not_load_the_registry(monkeypatch):
+    """The executors' options are added when run or ablate parses: other commands (evaluate,
+    table, --version) never load the plugins for them."""
+    from hashbench.cli import build_parser
+
+    def refuse():
+        raise AssertionError("the registry was loaded")
+
+    monkeypatch.setattr(registry_module, "registries", refuse)
+    args = build_parser().parse_args(["table", "--results-dir", "somewhere"])
+    assert args.func.__name__ == "cmd_table"
+    with pytest.raises(AssertionError, match="registry was loaded"):
+        build_parser().parse_args(["run"])
+
+
+def _plugin_executor(name: str, config: type, cli_options: dict | None = None) -> type:
+    attrs = {"name": name, "summary": f"{name} (test only)", "Config": config,
+             "map": lambda self, fn, tasks: (fn(t) for t in tasks)}
+    if cli_options is not None:
+        attrs["cli_options"] = cli_options
+    return type(name.title().replace("-", ""), (Executor,), attrs)
+
+
+def test_a_plugin_executor_brings_its_own_options(with_plugin, cli, tmp_path, capsys, one_line_error):
+    from dataclasses import dataclass
+
+    from hashbench.cli import main
+    from hashbench.params import param
+
+    @dataclass(frozen=True)
+    class EchoConfig:
+        dry: bool = param(False, doc="only say what would run")
+        seeds: int = param(0, ge=0, doc="a field whose default flag --seeds is run's own")
+        hidden: str = param("x", doc="set in experiment files only")
+
+    seen = []
+
+    class Echo(Executor):
+        name = "echo"
+        summary = "runs the tasks in order; notes its config (test only)"
+        cli_options: ClassVar = {"seeds": "--echo-seeds", "hidden": None}
+        Config = EchoConfig
+
+        def map(self, fn, tasks):
+            seen.append(self.config)
+            return (fn(task) for task in tasks)
+
+    with_plugin(register_executors=lambda: [Echo])
+    text = _help(main, capsys, "run")
+    assert "--dry true|false executor echo: only say what would run (default false)" in text
+    assert "--echo-seeds N executor echo: a field whose default flag" in text and "--hidden" not in text
+    code, _, err = cli("run", *GRID, "--executor", "echo", "--dry", "yes", "--echo-seeds", "4",
+                       "--results-dir", str(tmp_path / "r"))
+    assert code == 0, err
+    assert seen == [EchoConfig(dry=True, seeds=4)]
+    for flags, message in [
+        (["--dry", "maybe"], "run: argument --dry: invalid true/false value: 'maybe'"),
+        (["--echo-seeds", "-1"], "executor echo: --echo-seeds must be >= 0, got -1"),
+        (["--hidden", "y"], "unrecognized arguments: --hidden y"),
+        (["--jobs", "2"], "executor echo takes no --jobs"),
+    ]:
+        code, _, err = cli("run", *GRID, "--executor", "echo", *flags, "--results-dir", str(tmp_path / "r2"))
+        assert code == 2 and message in one_line_error(err), (flags, err)
+    code, _, err = cli("run", *GRID, "--dry", "true", "--results-dir", str(tmp_path / "r2"))
+    assert code == 2 and "executor local takes no --dry" in one_line_error(err)
+
+
+@pytest.mark.parametrize("cli_options, message", [
+    ({}, "executor clashy: option --seeds clashes with an option of hashbench run; "
+         "name another flag in the executor's cli_options"),
+    ({"sedes": "--x"}, "executor clashy: cli_options names 'sedes', which is not a Config field (fields: seeds)"),
+    ({"seeds": "-s"}, "executor clashy: cli_options gives 'seeds' the flag '-s'; a flag is '--lower-case-words'"),
+])
+def test_a_bad_option_declaration_is_one_line_exit_2(cli_options, message, with_plugin, cli, one_line_error):
+    from dataclasses import dataclass
+
+    from hashbench.params import param
+
+    @dataclass(frozen=True)
+    class Config:
+        seeds: int = param(0, doc="clashes with run's --seeds unless renamed")
+
+    with_plugin(register_executors=lambda: [_plugin_executor("clashy", Config, cli_options)])
+    code, out, _ = cli("list", "executors")  # commands without a grid do not read the options
+    assert code == 0 and "clashy" in out
+    code, _, err = cli("run", *GRID)
+    assert code == 2 and message in one_line_error(err)
