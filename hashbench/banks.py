@@ -11,7 +11,8 @@ With a frozen backbone its outputs never change, so the training loop computes t
 Both are cached on disk under :func:`hashbench.data.roots.cache_root` (``features/<key>/`` and
 ``banks/<key>/``, written atomically with :func:`_store`), keyed by content,
 not by protocol: the sha256 of the images (:func:`content_hash`), the backbone (model, weights
-identity, input size), the output kind, and for banks the recipe (and its version), A and
+identity, input size), the output kind, and for banks the recipe (its name and ``version``:
+the built-ins' is :data:`hashbench.augment.RECIPE_VERSION`), A and
 :data:`BANK_SEED`. The bank's augmentations are drawn from the fixed ``BANK_SEED``, NOT the run
 seed, so every seed and every method with the same backbone and recipe shares one bank; the
 run seed only decides which two views of the bank each image gets in each epoch.
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from .augment import RECIPE_VERSION, Augmenter, derive_seed
+from .augment import Augmenter, derive_seed
 from .data.images import ImageFiles, image_count, iter_image_batches
 from .data.roots import cache_root
 from .errors import HashbenchError
@@ -284,7 +285,7 @@ def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence
                                    "reason": f"bank {shape} {info['dtype']} exceeds {MAX_BYTES} bytes"})
             continue
         identity = {"kind": "view-bank", "images": images, "output": name,
-                    "recipe": recipe, "recipe_version": RECIPE_VERSION, "views": int(views),
+                    "recipe": recipe, "recipe_version": augmenter.version, "views": int(views),
                     "seed": BANK_SEED, "dtype": info["dtype"], **backbone_identity(backbone)}
         key = _key(identity)
         folder = cache_root() / "banks" / key

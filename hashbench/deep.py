@@ -12,52 +12,21 @@ A deep method subclasses :class:`DeepHashMethod` and provides three pieces:
 
 ``fit`` and ``encode`` are the shared ones of this class: ``hashbench.train`` runs the one
 training loop (two views, optimizer and schedule from the config, model selection and early
-stopping on the validation split, checkpoints and resume, NaN guard, CPU/CUDA/AMP).
+stopping on the validation split, checkpoints and resume, NaN guard, CPU/CUDA/AMP). A method's
+``Config`` subclasses :class:`TrainConfig` (defined in :mod:`hashbench.trainconfig`, which
+imports neither this module nor ``hashbench.train``; re-exported here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .components import HashMethod, Split
+from .trainconfig import TrainConfig
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Fields every deep method has; a method's ``Config`` subclasses this and adds its own.
-
-    backbone/pretrained/input_size/frozen: the feature extractor (see hashbench.models);
-    augment: a named recipe of hashbench.augment ("cibhash", "mocov2", "light");
-    bank_views: with a frozen backbone, backbone features of this many augmented views of each
-    training image are computed once (cached) and training samples two of them per image and
-    epoch; 0 = augment and run the backbone at every step;
-    epochs, batch_size, lr, weight_decay, optimizer ("adam" | "sgd"), schedule ("constant" |
-    "cosine"); val_every: validate every this many epochs (mAP of the validation split against
-    the training split); patience: stop after this many validations without improvement
-    (0 = never stop early); amp: mixed precision when on CUDA.
-    """
-
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool | str = True
-    input_size: int | None = 64
-    frozen: bool = True
-    augment: str = "light"
-    bank_views: int = 8
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    val_every: int = 5
-    patience: int = 3
-    amp: bool = True
-
-    def __post_init__(self) -> None:
-        """Rules tying fields together (ValueError; subclasses call it from their own)."""
+__all__ = ["DeepHashMethod", "TrainConfig", "full_precision"]
 
 
 class DeepHashMethod(HashMethod):

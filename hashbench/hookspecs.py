@@ -1,8 +1,8 @@
 """The contract of every plugin kind.
 
 A plugin is a module with functions named like the hooks below, each decorated with
-``@hashbench.hookimpl``. Built-in components (``hashbench.baselines.*``, the bundled datasets and
-executors) register through these same hooks, discovered through the ``hashbench`` entry-point
+``@hashbench.hookimpl``. Built-in components (``hashbench.baselines.*``, the bundled datasets,
+executors, augmentation recipes, optimizers and schedules) register through these same hooks, discovered through the ``hashbench`` entry-point
 group, exactly as a third-party package does (see docs/plugins.md).
 
 Every hook returns a list of component *classes*. Every class has
@@ -84,4 +84,39 @@ def register_executors() -> list[type]:
     An executor is built as ``cls(**params)``; ``map(fn, tasks)`` applies a picklable function to
     each task and yields the results as they finish, in any order. ``fn`` writes the run record
     itself, so every executor produces the same records.
+    """
+
+
+@hookspec
+def register_augmentations() -> list[type]:
+    """Return augmentation recipes: subclasses of :class:`hashbench.augment.Recipe`.
+
+    A recipe is built as ``cls()`` (a deep method names it in its ``augment`` field).
+    ``transform(size)`` returns the per-image transform: a callable from a float32 tensor
+    (3, size, size) with values in [0, 1] to one of the same shape, dtype and range, drawing its
+    randomness from torch's global generator only (the training loop seeds it, so views are
+    reproducible); torchvision ``v2`` transforms do. The class attribute ``version`` (int) is
+    part of the view bank's cache key: bump it whenever ``transform`` changes.
+    """
+
+
+@hookspec
+def register_optimizers() -> list[type]:
+    """Return optimizers: subclasses of :class:`hashbench.optim.Optimizer`.
+
+    An optimizer is built as ``cls()`` (a deep method names it in its ``optimizer`` field);
+    ``build(params, lr, weight_decay)`` returns a ``torch.optim.Optimizer`` over ``params`` (a
+    list of parameters) with learning rate ``lr`` and ``weight_decay`` from the method's config.
+    Its ``state_dict()`` must be plain data (it is checkpointed).
+    """
+
+
+@hookspec
+def register_schedules() -> list[type]:
+    """Return learning-rate schedules: subclasses of :class:`hashbench.optim.Schedule`.
+
+    A schedule is built as ``cls()`` (a deep method names it in its ``schedule`` field);
+    ``build(optimizer, epochs)`` returns a ``torch.optim.lr_scheduler.LRScheduler`` of that
+    optimizer, which the training loop steps once at the end of every epoch (``epochs`` epochs
+    in all). Its ``state_dict()`` must be plain data (it is checkpointed).
     """

@@ -4,6 +4,8 @@ Plugins are modules found through the ``hashbench`` entry-point group. Those shi
 ``hashbench`` distribution (the built-ins) always load; the environment variable
 ``HASHBENCH_PLUGINS`` restricts the external ones: unset loads all, a comma-separated list of
 entry-point or distribution names loads only those, and an empty value or ``none`` loads none.
+A plugin that fails to import stops start-up with a one-line error naming it (skipping it
+would silently change which components a run uses).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ HOOKS = {
     "loss": "register_losses",
     "dataset": "register_datasets",
     "executor": "register_executors",
+    "augmentation": "register_augmentations",
+    "optimizer": "register_optimizers",
+    "schedule": "register_schedules",
 }
 PLURAL = {kind: kind[:-1] + "ies" if kind.endswith("y") else kind + ("es" if kind.endswith("s") else "s") for kind in HOOKS}
 _PLURALS = {plural: kind for kind, plural in PLURAL.items()}
@@ -154,7 +159,7 @@ def make_plugin_manager(extra_plugins: dict[str, Any] | None = None) -> pluggy.P
             continue  # the same distribution seen twice on sys.path
         try:
             module = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not hide the others
+        except Exception as exc:  # a broken plugin stops start-up: skipping it would silently change what runs
             raise HashbenchError(f"plugin {label} failed to load: {type(exc).__name__}: {exc}") from exc
         pm.register(module, name=label)
     unknown = sorted((allowed or set()) - external)

@@ -2,16 +2,19 @@
 
 ``fit(method, train, val, workdir) -> TrainState`` and ``encode(method, state, x) -> bool (N, bits)``.
 
+* Config: the method's :class:`hashbench.trainconfig.TrainConfig` (limits checked when the
+  method is built; :func:`check_config`).
 * Backbone ``create("backbone", cfg.backbone, pretrained=, input_size=, frozen=)``; head
   ``method.build_head(dim)`` (dim: ``feature_dim``, or ``token_dim`` for ``backbone_output =
-  "tokens"``), initialized under ``torch.manual_seed`` derived from the run seed; optimizer
-  (adam | sgd with momentum 0.9) over the head, plus the backbone when not frozen, with the same
-  lr; schedule (constant | cosine) stepped per epoch.
+  "tokens"``), initialized under ``torch.manual_seed`` derived from the run seed; the registered
+  optimizer ``cfg.optimizer`` (:mod:`hashbench.optim`; adam, sgd with momentum 0.9, ...) over
+  the head, plus the backbone when not frozen, with the same lr; the registered schedule
+  ``cfg.schedule`` (constant, cosine, ...) stepped per epoch.
 * Data: frozen backbone and ``bank_views`` >= 2: the view bank of :mod:`hashbench.banks`
   (pooled features, or tokens when the bank fits in memory); each epoch every training image
   contributes two different bank views. Otherwise every step augments two views of the batch
-  images (:class:`hashbench.augment.Augmenter`) and runs the backbone (with gradients when not
-  frozen). Batches: ``N // batch_size`` full batches per epoch (the rest changes with the
+  images (:class:`hashbench.augment.Augmenter`, recipe ``cfg.augment``) and runs the backbone
+  (with gradients when not frozen). Batches: ``N // batch_size`` full batches per epoch (the rest changes with the
   shuffle), or one batch of all N when N <= batch_size.
 * Every step: ``terms = method.objective(head, f1, f2)``, loss = sum of weight * term with
   ``method.term_weights()`` (default 1) by :func:`hashbench.losses.weighted_sum` (weight 0
@@ -28,16 +31,13 @@
   resumed run gives exactly the codes and log of an uninterrupted one.
 * CUDA when available (autocast with ``amp``: bfloat16 where supported, else float16 with a
   GradScaler); CPU otherwise.
-"""
 
+The parts (checkpoint, batch sources, model selection, mixed precision) are in
+:mod:`hashbench.trainparts`; :class:`Trainer` puts them together and runs the epoch loop.
+"""
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,22 +47,20 @@ import numpy as np
 import torch
 
 from . import banks
-from .augment import Augmenter, check_recipe, derive_seed
+from .augment import Augmenter, derive_seed
 from .components import Split
-from .data.images import iter_image_batches
-from .deep import TrainConfig
 from .errors import HashbenchError
 from .evaluate import map_at_k, pack_codes
 from .losses import weighted_sum
 from .registry import create
+from .trainconfig import TrainConfig, check_config
+from .trainparts import (CHECKPOINT, CHECKPOINT_FORMAT, HEAD_STREAM, TORCH_STREAM, Amp, BankBatches,
+                         Checkpoint, LiveBatches, Selection, config_hash, module_state)
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+__all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "TrainConfig", "TrainState", "Trainer", "cache_reads",
+           "check_config", "config_hash", "encode", "fit", "hash_features"]
+
 ENCODE_BATCH = 1024
-#: seed streams: derive_seed(run seed, stream, ...) keeps them independent
-_HEAD, _ORDER, _TORCH, _AUGMENT = range(4)
 
 
 @dataclass
@@ -77,69 +75,8 @@ class TrainState:
 
 # ----------------------------------------------------------------------------- pieces
 
-def check_config(method: Any) -> TrainConfig:
-    """The method's TrainConfig, checked; one-line HashbenchError for bad names or values."""
-    cfg = method.config
-    owner = f"method {method.name}"
-    if not isinstance(cfg, TrainConfig):
-        raise HashbenchError(f"{owner}: its Config must subclass hashbench.deep.TrainConfig")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise HashbenchError(f"{owner}: unknown optimizer '{cfg.optimizer}' (optimizers: {', '.join(OPTIMIZERS)})")
-    if cfg.schedule not in SCHEDULES:
-        raise HashbenchError(f"{owner}: unknown schedule '{cfg.schedule}' (schedules: {', '.join(SCHEDULES)})")
-    try:
-        check_recipe(cfg.augment)
-    except HashbenchError as exc:
-        raise HashbenchError(f"{owner}: {exc}") from None
-    if method.backbone_output not in banks.OUTPUTS:
-        raise HashbenchError(f"{owner}: backbone_output must be one of {', '.join(banks.OUTPUTS)}")
-    checks = [
-        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 2, f"batch_size must be >= 2, got {cfg.batch_size}"),
-        (cfg.bank_views == 0 or cfg.bank_views >= 2, f"bank_views must be 0 (no bank) or >= 2, got {cfg.bank_views}"),
-        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
-        (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
-        (cfg.val_every >= 1, f"val_every must be >= 1, got {cfg.val_every}"),
-        (cfg.patience >= 0, f"patience must be >= 0, got {cfg.patience}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise HashbenchError(f"{owner}: {message}")
-    return cfg
-
-
-def config_hash(method: Any, data: dict[str, Any]) -> str:
-    """Identity of a training run for resuming: method, bits, seed, config, data digests."""
-    identity = {"format": CHECKPOINT_FORMAT, "method": method.name, "bits": method.bits,
-                "seed": method.seed, "config": dataclasses.asdict(method.config), "data": data}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _optimizer(cfg: TrainConfig, params: list[Any]) -> Any:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-
-
-def _schedule(cfg: TrainConfig, optimizer: Any) -> Any:
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-def _state(module: Any) -> dict[str, Any]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 def _devices(device: Any) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
-
-
-def _take(x: Any, idx: np.ndarray) -> Any:
-    """Images ``idx`` of ``x`` as preprocess takes them (array slice, or a list read from files)."""
-    if isinstance(x, np.ndarray):
-        return x[idx]
-    return next(iter_image_batches(x[idx], len(idx)))
 
 
 def _weights(terms: dict[str, Any], weights: dict[str, float]) -> dict[str, float]:
@@ -152,6 +89,12 @@ def _weights(terms: dict[str, Any], weights: dict[str, float]) -> dict[str, floa
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _diverged(total: float, epoch: int, step: int, terms: dict[str, Any]) -> HashbenchError:
+    shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+    return HashbenchError(f"training diverged: loss is {'nan' if math.isnan(total) else 'inf'} "
+                          f"at epoch {epoch} step {step + 1} (terms: {shown})")
 
 
 def _as_codes(codes: Any, method: Any, n: int) -> np.ndarray:
@@ -198,7 +141,243 @@ def cache_reads(method: Any) -> list[banks.CacheRead]:
                             splits=("train", "val", "query", "database"), bank=bank)]
 
 
-# ----------------------------------------------------------------------------- fit
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """One training run of ``method`` on ``train``, selected on ``val`` (see the module doc).
+
+    Building it builds the parts: backbone, head, optimizer and schedule, mixed precision, the
+    batch source, model selection, the checkpoint of ``workdir`` and the log.
+    :meth:`resume` continues from that checkpoint, :meth:`run_epochs` trains, :meth:`finish`
+    restores the selected head and returns the :class:`TrainState`.
+    """
+
+    def __init__(self, method: Any, train: Split, val: Split | None, workdir: Path | str | None) -> None:
+        self.clock = time.perf_counter()  # seconds since are added to log["seconds"]
+        self.method, self.cfg = method, check_config(method)
+        if len(train) < 2:
+            raise HashbenchError(f"method {method.name}: training needs at least 2 images, got {len(train)}")
+        self.train, self.val = train, (val if val is not None and len(val) > 0 else None)
+        self.backbone = create("backbone", self.cfg.backbone, pretrained=self.cfg.pretrained,
+                               input_size=self.cfg.input_size, frozen=self.cfg.frozen)
+        self.device, self.output = self.backbone.device, method.backbone_output
+        self.digests = {"train": banks.content_hash(train.x),
+                        "val": banks.content_hash(self.val.x) if self.val is not None else None}
+        self.checkpoint = Checkpoint(workdir, config_hash(method, {
+            **self.digests, "train_n": len(train), "val_n": len(self.val) if self.val is not None else 0}))
+        self.head = self._build_head()
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.amp = Amp.for_device(self.device, self.cfg.amp)
+        self.batches, self.bank_info = self._batch_source()
+        self.weights = method.term_weights()
+        self.selection = Selection(self.cfg.patience, self.cfg.epochs)
+        self.log = self._new_log()
+        self.start, self.finished = 1, False
+        self.clean: dict[str, list[Any]] = {}  # clean features of the frozen backbone, by split
+
+    # ---- building ------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.token_dim if self.output == "tokens" else self.backbone.feature_dim
+
+    def _build_head(self) -> Any:
+        """``method.build_head(feature_dim)`` under the run's head seed, on the device."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.method.seed, HEAD_STREAM))
+            head = self.method.build_head(self.feature_dim)
+        return head.to(self.device)
+
+    def _build_optimizer(self) -> tuple[Any, Any]:
+        """The registered optimizer over the head (and the backbone when it trains), and the
+        registered schedule of it."""
+        params = list(self.head.parameters())
+        if not self.cfg.frozen:
+            params += [p for p in self.backbone.module.parameters() if p.requires_grad]
+        optimizer = create("optimizer", self.cfg.optimizer).build(params, self.cfg.lr, self.cfg.weight_decay)
+        return optimizer, create("schedule", self.cfg.schedule).build(optimizer, self.cfg.epochs)
+
+    def _batch_source(self) -> tuple[BankBatches | LiveBatches, dict[str, Any] | None]:
+        """The view bank's batches (frozen backbone, ``bank_views`` > 0, bank not too large),
+        else live augmentation; and the bank's info for the log (None without a bank)."""
+        cfg, seed = self.cfg, self.method.seed
+        bank, info = None, None
+        if cfg.frozen and cfg.bank_views > 0:
+            bank, info = banks.view_bank(self.backbone, self.train.x, cfg.augment, cfg.bank_views,
+                                         self.output, digest=self.digests["train"])
+        if bank is not None:
+            return BankBatches(bank, cfg.batch_size, seed, self.device), info
+        augmenter = Augmenter(self.backbone, cfg.augment)
+        return LiveBatches(self.train.x, augmenter, self.backbone, self.output, cfg.batch_size, seed, self.amp), info
+
+    def _new_log(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "banked": self.banked, "bank": self.bank_info, "device": str(self.device), "amp": self.amp.enabled,
+            "backbone": {**banks.backbone_identity(self.backbone), "frozen": cfg.frozen, "output": self.output,
+                         "feature_dim": self.feature_dim},
+            "steps_per_epoch": self.batches.steps, "epochs": [], "val": [], "best_epoch": None,
+            "best_val_map": None, "selected": "best val mAP" if self.val is not None else "last epoch",
+            "stopped_early": False, "epochs_run": 0, "resumed_from": None, "seconds": 0.0,
+        }
+
+    @property
+    def banked(self) -> bool:
+        return isinstance(self.batches, BankBatches)
+
+    # ---- checkpoint ----------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        """CPU copies of the head's and (when it trains) the backbone's states."""
+        return {"head": module_state(self.head),
+                "backbone": None if self.cfg.frozen else module_state(self.backbone.module)}
+
+    def resume(self) -> None:
+        """Continue from the checkpoint of this config if there is one (``log["resumed_from"]``);
+        a checkpoint that is unreadable or of another config is noted as ``checkpoint_ignored``."""
+        state, ignored = self.checkpoint.load()
+        if ignored is not None:
+            self.log["checkpoint_ignored"] = ignored
+        if state is None:
+            return
+        self.head.load_state_dict(state["head"])
+        if state.get("backbone") is not None:
+            self.backbone.module.load_state_dict(state["backbone"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.amp.scaler.load_state_dict(state["scaler"])
+        self.selection.best, self.selection.bad = state["best"], int(state["bad"])
+        self.start, self.finished = int(state["epoch"]) + 1, bool(state["finished"])
+        self.log = {**state["log"], "banked": self.banked, "bank": self.bank_info, "device": str(self.device),
+                    "resumed_from": int(state["epoch"])}
+
+    def save(self, epoch: int) -> None:
+        """Checkpoint the state after ``epoch`` (nothing without a workdir)."""
+        if self.checkpoint.path is None:
+            return
+        self.checkpoint.save({
+            "epoch": epoch, "finished": self.finished, **self._snapshot(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.amp.state_dict(), "best": self.selection.best, "bad": self.selection.bad,
+            "log": self.log,
+        })
+
+    # ---- the epoch loop ------------------------------------------------------------------
+    def run_epochs(self, on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        """Epochs ``start``..``epochs`` until finished: train, validate when due (model
+        selection, early stop), log, checkpoint, then ``on_epoch_end(epoch, log)``."""
+        cfg = self.cfg
+        bar = self._progress_bar()
+        try:
+            for epoch in range(self.start, cfg.epochs + 1):
+                if self.finished:
+                    break
+                entry = self.train_epoch(epoch, bar)
+                if self.val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                    self.validate_epoch(epoch, entry, bar)
+                self.finished = self.finished or epoch == cfg.epochs
+                self.log["epochs"].append(entry)
+                self.log["epochs_run"] = epoch
+                self._add_seconds()
+                self.save(epoch)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, self.log)
+        finally:
+            bar.close()
+
+    def train_epoch(self, epoch: int, bar: Any) -> dict[str, Any]:
+        """One epoch of steps over the batch source; returns its log entry
+        ``{epoch, loss, terms, lr, seconds, val_map}`` (means over the steps; lr of the epoch)."""
+        t0 = time.perf_counter()
+        self.head.train()
+        if not self.cfg.frozen:
+            self.backbone.module.train()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        sums: dict[str, float] = {}
+        with torch.random.fork_rng(devices=_devices(self.device)):
+            torch.manual_seed(derive_seed(self.method.seed, TORCH_STREAM, epoch))
+            for step, (f1, f2) in enumerate(self.batches.epoch(epoch)):
+                for k, v in self.step(epoch, step, f1, f2).items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix({"epoch": epoch, **{k: f"{v / (step + 1):.4f}" for k, v in sums.items()}},
+                                refresh=False)
+        self.scheduler.step()
+        steps = self.batches.steps
+        return {"epoch": epoch, "loss": _finite(sums["loss"] / steps),
+                "terms": {k: _finite(v / steps) for k, v in sums.items() if k != "loss"},
+                "lr": lr, "seconds": time.perf_counter() - t0, "val_map": None}
+
+    def step(self, epoch: int, step: int, f1: Any, f2: Any) -> dict[str, float]:
+        """One optimizer step on the views (f1, f2); returns ``{"loss": total, **terms}`` as
+        floats (weight-0 terms left out); a NaN or infinite loss raises "training diverged"."""
+        with self.amp.autocast():
+            terms = self.method.objective(self.head, f1, f2)
+            loss, logged = weighted_sum(terms, _weights(terms, self.weights))
+        values = {k: float(v) for k, v in logged.items()}
+        total = values.pop("total")
+        if not math.isfinite(total):
+            raise _diverged(total, epoch, step, terms)
+        self.amp.step(self.optimizer, loss)
+        return {"loss": total, **values}
+
+    def validate_epoch(self, epoch: int, entry: dict[str, Any], bar: Any) -> None:
+        """Validate after ``epoch``: mAP into ``entry`` and ``log["val"]``, model selection, and
+        the early stop when patience ran out."""
+        m = self.validate()
+        entry["val_map"] = m
+        self.log["val"].append({"epoch": epoch, "map": m})
+        if self.selection.observe(epoch, m, self._snapshot):
+            self.log["stopped_early"] = True
+            self.finished = True
+        bar.set_postfix({"epoch": epoch, "val_map": f"{m:.4f}",
+                         **{k: f"{v:.4f}" for k, v in entry["terms"].items() if v is not None}})
+
+    def validate(self) -> float:
+        """mAP@min(1000, N) of val codes (queries) against train codes (database), from clean features."""
+        assert self.val is not None
+        vc, tc = self.codes_of(self.val, "val"), self.codes_of(self.train, "train")
+        return map_at_k(pack_codes(vc), pack_codes(tc), self.val.labels, self.train.labels,
+                        bits=self.method.bits, topk=min(1000, len(self.train)))
+
+    def codes_of(self, split: Split, name: str) -> np.ndarray:
+        """Codes of ``split`` from clean features (a frozen backbone's are computed once per fit)."""
+        if not self.cfg.frozen:
+            return hash_features(self.method, self.head, _clean(self.backbone, split.x, self.output), self.device)
+        if name not in self.clean:
+            self.clean[name] = list(_clean(self.backbone, split.x, self.output, self.digests.get(name)))
+        return hash_features(self.method, self.head, self.clean[name], self.device)
+
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        steps, epochs = self.batches.steps, self.cfg.epochs
+        return tqdm(total=steps * epochs, initial=min(self.start - 1, epochs) * steps, disable=None,
+                    desc=f"{self.method.name} {self.method.bits} bits", unit="step", dynamic_ncols=True,
+                    leave=False)
+
+    def _add_seconds(self) -> None:
+        now = time.perf_counter()
+        self.log["seconds"] = float(self.log["seconds"]) + (now - self.clock)
+        self.clock = now
+
+    # ---- the end -------------------------------------------------------------------------
+    def finish(self) -> TrainState:
+        """Restore the selected head (and trained backbone), complete the log, eval mode."""
+        best = self.selection.best
+        if best["head"] is not None:
+            self.head.load_state_dict(best["head"])
+            if best["backbone"] is not None:
+                self.backbone.module.load_state_dict(best["backbone"])
+            self.log["best_epoch"], self.log["best_val_map"] = best["epoch"], best["map"]
+        else:
+            self.log["best_epoch"] = self.log["epochs_run"]
+        self._add_seconds()
+        self.head.eval()
+        self.backbone.module.eval()
+        return TrainState(head=self.head, backbone=self.backbone, log=self.log)
+
+
+# ----------------------------------------------------------------------------- fit, encode
 
 def fit(method: Any, train: Split, val: Split | None = None, workdir: Path | str | None = None, *,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> TrainState:
@@ -209,215 +388,14 @@ def fit(method: Any, train: Split, val: Split | None = None, workdir: Path | str
     Returns the TrainState with the selected head; ``state.log`` is described in the module doc
     and holds: epochs [{epoch, loss, terms, lr, seconds, val_map}], val [{epoch, map}],
     best_epoch, best_val_map, selected, stopped_early, epochs_run, resumed_from, banked, bank,
-    seconds, device, amp, backbone, steps_per_epoch.
+    seconds, device, amp, backbone, steps_per_epoch (and checkpoint_ignored when a checkpoint
+    in ``workdir`` was not resumed).
     """
-    from tqdm.auto import tqdm
+    trainer = Trainer(method, train, val, workdir)
+    trainer.resume()
+    trainer.run_epochs(on_epoch_end)
+    return trainer.finish()
 
-    t_session = time.perf_counter()
-    cfg = check_config(method)
-    output = method.backbone_output
-    n = len(train)
-    if n < 2:
-        raise HashbenchError(f"method {method.name}: training needs at least 2 images, got {n}")
-    if val is not None and len(val) == 0:
-        val = None
-    backbone = create("backbone", cfg.backbone, pretrained=cfg.pretrained, input_size=cfg.input_size,
-                      frozen=cfg.frozen)
-    device = backbone.device
-    digests = {"train": banks.content_hash(train.x),
-               "val": banks.content_hash(val.x) if val is not None else None}
-    chash = config_hash(method, {**digests, "train_n": n, "val_n": len(val) if val is not None else 0})
-
-    feature_dim = backbone.token_dim if output == "tokens" else backbone.feature_dim
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(method.seed, _HEAD))
-        head = method.build_head(feature_dim)
-    head = head.to(device)
-    params = list(head.parameters())
-    if not cfg.frozen:
-        params += [p for p in backbone.module.parameters() if p.requires_grad]
-    optimizer = _optimizer(cfg, params)
-    scheduler = _schedule(cfg, optimizer)
-    use_amp = bool(cfg.amp) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    # ---- data: the view bank (frozen), else augmentation + backbone at every step
-    bank, bank_info = None, None
-    if cfg.frozen and cfg.bank_views > 0:
-        bank, bank_info = banks.view_bank(backbone, train.x, cfg.augment, cfg.bank_views, output,
-                                          digest=digests["train"])
-    banked = bank is not None
-    if banked:
-        bank_t = torch.from_numpy(bank)
-        if device.type == "cuda":
-            bank_t = bank_t.to(device)
-    augmenter = None if banked else Augmenter(backbone, cfg.augment)
-    bs = cfg.batch_size
-    steps = n // bs if n >= bs else 1
-    weights = method.term_weights()
-
-    log: dict[str, Any] = {
-        "banked": banked, "bank": bank_info, "device": str(device), "amp": use_amp,
-        "backbone": {**banks.backbone_identity(backbone), "frozen": cfg.frozen, "output": output,
-                     "feature_dim": feature_dim},
-        "steps_per_epoch": steps, "epochs": [], "val": [], "best_epoch": None, "best_val_map": None,
-        "selected": "best val mAP" if val is not None else "last epoch", "stopped_early": False,
-        "epochs_run": 0, "resumed_from": None, "seconds": 0.0,
-    }
-    best: dict[str, Any] = {"epoch": None, "map": None, "head": None, "backbone": None}
-    bad, start, finished = 0, 1, False
-
-    ckpt_path = Path(workdir) / CHECKPOINT if workdir is not None else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is replaced
-            ckpt = None
-            log["checkpoint_ignored"] = f"unreadable ({type(exc).__name__})"
-        if isinstance(ckpt, dict) and ckpt.get("config_hash") != chash:
-            log["checkpoint_ignored"] = "written for another config"
-        elif isinstance(ckpt, dict):
-            head.load_state_dict(ckpt["head"])
-            if ckpt.get("backbone") is not None:
-                backbone.module.load_state_dict(ckpt["backbone"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            best, bad, finished = ckpt["best"], int(ckpt["bad"]), bool(ckpt["finished"])
-            start = int(ckpt["epoch"]) + 1
-            log = {**ckpt["log"], "banked": banked, "bank": bank_info, "device": str(device),
-                   "resumed_from": int(ckpt["epoch"])}
-
-    def checkpoint(epoch: int) -> None:
-        if ckpt_path is None:
-            return
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "format": CHECKPOINT_FORMAT, "config_hash": chash, "epoch": epoch, "finished": finished,
-            "head": _state(head), "backbone": None if cfg.frozen else _state(backbone.module),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "best": best, "bad": bad, "log": log,
-        }
-        tmp = ckpt_path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, ckpt_path)
-
-    clean: dict[str, np.ndarray] = {}
-
-    def codes_of(split: Split, name: str) -> np.ndarray:
-        if cfg.frozen:  # clean features never change: compute (or read) them once per fit
-            if name not in clean:
-                clean[name] = list(_clean(backbone, split.x, output, digests.get(name)))
-            return hash_features(method, head, clean[name], device)
-        return hash_features(method, head, _clean(backbone, split.x, output), device)
-
-    def validate() -> float:
-        assert val is not None
-        vc, tc = codes_of(val, "val"), codes_of(train, "train")
-        return map_at_k(pack_codes(vc), pack_codes(tc), val.labels, train.labels,
-                        bits=method.bits, topk=min(1000, n))
-
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else None
-    bar = tqdm(total=steps * cfg.epochs, initial=min(start - 1, cfg.epochs) * steps, disable=None,
-               desc=f"{method.name} {method.bits} bits", unit="step", dynamic_ncols=True, leave=False)
-    try:
-        for epoch in range(start, cfg.epochs + 1):
-            if finished:
-                break
-            t0 = time.perf_counter()
-            rng = np.random.default_rng(derive_seed(method.seed, _ORDER, epoch))
-            order = rng.permutation(n)
-            if banked:
-                a = bank.shape[1]
-                first = rng.integers(0, a, size=n)
-                second = (first + rng.integers(1, a, size=n)) % a
-            head.train()
-            if not cfg.frozen:
-                backbone.module.train()
-            lr = float(optimizer.param_groups[0]["lr"])
-            sums: dict[str, float] = {}
-            with torch.random.fork_rng(devices=_devices(device)):
-                torch.manual_seed(derive_seed(method.seed, _TORCH, epoch))
-                for step in range(steps):
-                    idx = order[step * bs:(step + 1) * bs]
-                    with autocast() if autocast else contextlib.nullcontext():
-                        if banked:
-                            rows = torch.from_numpy(idx)
-                            f1 = bank_t[rows, torch.from_numpy(first[idx])].to(device, torch.float32)
-                            f2 = bank_t[rows, torch.from_numpy(second[idx])].to(device, torch.float32)
-                        else:
-                            v1, v2 = augmenter.two_views(_take(train.x, idx),
-                                                         derive_seed(method.seed, _AUGMENT, epoch, step))
-                            f1 = banks.forward(backbone, v1.to(device), output)
-                            f2 = banks.forward(backbone, v2.to(device), output)
-                        terms = method.objective(head, f1, f2)
-                        loss, logged = weighted_sum(terms, _weights(terms, weights))
-                    values = {k: float(v) for k, v in logged.items()}
-                    total = values.pop("total")
-                    if not math.isfinite(total):
-                        shown = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                        raise HashbenchError(
-                            f"training diverged: loss is {'nan' if math.isnan(total) else 'inf'} "
-                            f"at epoch {epoch} step {step + 1} (terms: {shown})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    for k, v in {"loss": total, **values}.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.update(1)
-                    bar.set_postfix({"epoch": epoch, **{k: f"{v / (step + 1):.4f}" for k, v in sums.items()}},
-                                    refresh=False)
-            scheduler.step()
-            entry: dict[str, Any] = {
-                "epoch": epoch, "loss": _finite(sums["loss"] / steps),
-                "terms": {k: _finite(v / steps) for k, v in sums.items() if k != "loss"},
-                "lr": lr, "seconds": time.perf_counter() - t0, "val_map": None,
-            }
-            if val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                m = validate()
-                entry["val_map"] = m
-                log["val"].append({"epoch": epoch, "map": m})
-                if best["map"] is None or m > best["map"]:
-                    best = {"epoch": epoch, "map": m, "head": _state(head),
-                            "backbone": None if cfg.frozen else _state(backbone.module)}
-                    bad = 0
-                else:
-                    bad += 1
-                    if cfg.patience and bad >= cfg.patience and epoch < cfg.epochs:
-                        log["stopped_early"] = True
-                        finished = True
-                bar.set_postfix({"epoch": epoch, "val_map": f"{m:.4f}",
-                                 **{k: f"{v:.4f}" for k, v in entry["terms"].items() if v is not None}})
-            finished = finished or epoch == cfg.epochs
-            log["epochs"].append(entry)
-            log["epochs_run"] = epoch
-            log["seconds"] = float(log["seconds"]) + (time.perf_counter() - t_session)
-            t_session = time.perf_counter()
-            checkpoint(epoch)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, log)
-    finally:
-        bar.close()
-
-    if best["head"] is not None:
-        head.load_state_dict(best["head"])
-        if best["backbone"] is not None:
-            backbone.module.load_state_dict(best["backbone"])
-        log["best_epoch"], log["best_val_map"] = best["epoch"], best["map"]
-    else:
-        log["best_epoch"] = log["epochs_run"]
-    log["seconds"] = float(log["seconds"]) + (time.perf_counter() - t_session)
-    head.eval()
-    backbone.module.eval()
-    return TrainState(head=head, backbone=backbone, log=log)
-
-
-# ----------------------------------------------------------------------------- encode
 
 def encode(method: Any, state: TrainState | None, x: Any) -> np.ndarray:
     """Codes of images ``x`` (uint8 array or ImageFiles): bool numpy (N, bits).

@@ -351,13 +351,14 @@ def test_nan_loss_stops_with_diverged():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"optimizer": "adamw"}, "unknown optimizer 'adamw' (optimizers: adam, sgd)"),
-    ({"schedule": "step"}, "unknown schedule 'step' (schedules: constant, cosine)"),
-    ({"augment": "heavy"}, "unknown augmentation recipe 'heavy' (recipes: cibhash, light, mocov2)"),
-    ({"bank_views": 1}, "bank_views must be 0 (no bank) or >= 2, got 1"),
-    ({"batch_size": 1}, "batch_size must be >= 2"),
+    ({"optimizer": "adamw"}, "method toy: optimizer must be a registered optimizer, got 'adamw'"),
+    ({"schedule": "step"}, "method toy: schedule must be a registered schedule, got 'step'"),
+    ({"augment": "heavy"}, "method toy: augment must be a registered augmentation, got 'heavy'"),
+    ({"bank_views": 1}, "method toy: bank_views must be 0 (no bank) or >= 2, got 1"),
+    ({"batch_size": 1}, "method toy: batch_size must be >= 2"),
 ])
 def test_bad_config_is_one_line(params, message):
+    """TrainConfig's declared limits and rules fail when the method is built, in one line."""
     with pytest.raises(HashbenchError) as info:
         engine.fit(toy(**params), TRAIN, VAL)
     assert message in str(info.value) and "\n" not in str(info.value)
