@@ -258,12 +258,10 @@ def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence
     info) with info ``{"key", "cache_hit", "views", "dtype", "recipe", "seed", "shape"}``; or
     (None, info with ``"reason"``) when too large. View a of the images in batch j
     (BATCH_SIZE images, in order) is augmented with seed ``derive_seed(BANK_SEED, a, j)``.
-    Cached on disk; the kinds not cached yet are computed in one pass (a progress bar shows it).
+    Cached on disk, keyed by the images, output, recipe name and version, views, seed, dtype
+    and backbone; the kinds not cached yet are computed in one pass (a progress bar shows it).
     ``fetch=False``: as in :func:`clean_outputs`.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if not backbone.config.frozen:
         raise HashbenchError("a view bank needs a frozen backbone")
     if views < 2:
@@ -271,51 +269,67 @@ def view_banks(backbone: Any, x: Any, recipe: str, views: int, outputs: Sequence
     names = _outputs(outputs)
     augmenter = Augmenter(backbone, recipe)
     n = image_count(x)
-    images = digest or content_hash(x)
+    base = {"kind": "view-bank", "images": digest or content_hash(x), "recipe": recipe,
+            "recipe_version": augmenter.version, "views": int(views), "seed": BANK_SEED,
+            **backbone_identity(backbone)}
     result: dict[str, tuple[np.ndarray | None, dict[str, Any]]] = {}
-    todo: dict[str, tuple[Path, dict[str, Any]]] = {}
+    todo: dict[str, tuple[Path, dict[str, Any], np.ndarray]] = {}
     for name, item in output_shapes(backbone, names).items():
         shape = (n, int(views), *item)
-        size32 = 4 * math.prod(shape)
-        dtype = np.float16 if size32 > FLOAT16_ABOVE_BYTES else np.float32
-        info: dict[str, Any] = {"views": int(views), "recipe": recipe, "seed": BANK_SEED,
-                                "dtype": np.dtype(dtype).name, "shape": list(shape)}
-        if size32 * np.dtype(dtype).itemsize // 4 > MAX_BYTES:
-            result[name] = (None, {**info, "key": None, "cache_hit": False,
-                                   "reason": f"bank {shape} {info['dtype']} exceeds {MAX_BYTES} bytes"})
-            continue
-        identity = {"kind": "view-bank", "images": images, "output": name,
-                    "recipe": recipe, "recipe_version": augmenter.version, "views": int(views),
-                    "seed": BANK_SEED, "dtype": info["dtype"], **backbone_identity(backbone)}
-        key = _key(identity)
-        folder = cache_root() / "banks" / key
-        cached = _load(folder, shape, fetch)
-        if cached is not None:
-            result[name] = (cached, {**info, "key": key, "cache_hit": True})
-        else:
-            todo[name] = (folder, identity)
-            result[name] = (np.empty(shape, dtype=dtype), {**info, "key": key, "cache_hit": False})
+        bank, info, pending = _bank_slot(shape, recipe, {**base, "output": name}, fetch)
+        result[name] = (bank, info)
+        if pending is not None:
+            todo[name] = (*pending, bank)
     if todo:
-        module = backbone.module
-        module.eval()
-        start = 0
-        with torch.inference_mode():
-            batches = iter_image_batches(x, BATCH_SIZE)
-            for j, batch in enumerate(tqdm(batches, total=math.ceil(n / BATCH_SIZE), unit="batch",
-                                           disable=None if progress else True,
-                                           desc=f"view bank ({'+'.join(todo)}): {views} views of {n} images")):
-                unit = augmenter.unit(batch)
-                stop = start + len(unit)
-                for a in range(views):
-                    view = augmenter.augment(unit, derive_seed(BANK_SEED, a, j))
-                    out = backbone.outputs(view, tuple(todo))
-                    for name in todo:
-                        result[name][0][start:stop, a] = out[name].float().cpu().numpy()
-                start = stop
-        for name, (folder, identity) in todo.items():
-            _store(folder, np.arange(n, dtype=np.int64), result[name][0],
-                   {**identity, "shape": list(result[name][0].shape)})
+        _fill_banks(backbone, x, augmenter, views, todo, progress)
     return result
+
+
+def _bank_slot(shape: tuple[int, ...], recipe: str, identity: dict[str, Any],
+               fetch: bool) -> tuple[np.ndarray | None, dict[str, Any], tuple[Path, dict[str, Any]] | None]:
+    """One output's bank of ``shape`` (N, A, ...): (the cached bank, info, None), or (an empty
+    array to fill, info, (cache folder, identity) to store it under), or (None, info with the
+    reason, None) when too large. float16 above FLOAT16_ABOVE_BYTES as float32."""
+    size32 = 4 * math.prod(shape)
+    dtype = np.dtype(np.float16 if size32 > FLOAT16_ABOVE_BYTES else np.float32)
+    info: dict[str, Any] = {"views": shape[1], "recipe": recipe, "seed": BANK_SEED,
+                            "dtype": dtype.name, "shape": list(shape)}
+    if size32 * dtype.itemsize // 4 > MAX_BYTES:
+        return None, {**info, "key": None, "cache_hit": False,
+                      "reason": f"bank {shape} {dtype.name} exceeds {MAX_BYTES} bytes"}, None
+    identity = {**identity, "dtype": dtype.name}
+    key = _key(identity)
+    folder = cache_root() / "banks" / key
+    cached = _load(folder, shape, fetch)
+    if cached is not None:
+        return cached, {**info, "key": key, "cache_hit": True}, None
+    return np.empty(shape, dtype=dtype), {**info, "key": key, "cache_hit": False}, (folder, identity)
+
+
+def _fill_banks(backbone: Any, x: Any, augmenter: Augmenter, views: int,
+                todo: dict[str, tuple[Path, dict[str, Any], np.ndarray]], progress: bool) -> None:
+    """Fill each ``todo`` bank (output name -> (folder, identity, array (N, views, ...))) in one
+    pass over ``x`` (every view of a batch through the backbone once), then store them."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n = image_count(x)
+    backbone.module.eval()
+    start = 0
+    with torch.inference_mode():
+        batches = iter_image_batches(x, BATCH_SIZE)
+        for j, batch in enumerate(tqdm(batches, total=math.ceil(n / BATCH_SIZE), unit="batch",
+                                       disable=None if progress else True,
+                                       desc=f"view bank ({'+'.join(todo)}): {views} views of {n} images")):
+            unit = augmenter.unit(batch)
+            stop = start + len(unit)
+            for a in range(views):
+                out = backbone.outputs(augmenter.augment(unit, derive_seed(BANK_SEED, a, j)), tuple(todo))
+                for name, (_, _, bank) in todo.items():
+                    bank[start:stop, a] = out[name].float().cpu().numpy()
+            start = stop
+    for folder, identity, bank in todo.values():
+        _store(folder, np.arange(n, dtype=np.int64), bank, {**identity, "shape": list(bank.shape)})
 
 
 def view_bank(backbone: Any, x: Any, recipe: str, views: int, output: str = "pooled", *,
