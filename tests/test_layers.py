@@ -140,6 +140,25 @@ def test_the_methods_compose_the_shared_parts():
     assert head(torch.randn(2, 3, 4)).grad_fn.name().endswith("SignSTEBackward")
 
 
+@pytest.mark.parametrize("method", ["greedyhash", "bihalf"])
+def test_greedyhash_and_bihalf_objectives_call_the_shared_similarity_loss(method, monkeypatch):
+    import hashbench
+    import hashbench.layers as layers
+
+    calls = []
+    shared = layers.similarity_preservation
+
+    def spy(*args, **kwargs):
+        calls.append(args[-1])
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "similarity_preservation", spy)
+    m = hashbench.create("method", method, bits=4, pairs="halves")
+    head = m.build_head(6)
+    terms = m.objective(head, torch.randn(4, 6), torch.randn(4, 6))
+    assert calls == ["halves"] and terms["similarity"].dim() == 0
+
+
 def test_plugin_option_tuples_match_the_shared_pairs():
     """The plugins keep a torch-free copy of PAIRS for their Config (they load at every command)."""
     from hashbench.baselines import bihalf, greedyhash

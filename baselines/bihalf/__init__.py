@@ -10,7 +10,7 @@ from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.params import param
 
-PAIRS = ("cross", "halves")  # the options of GreedyHash's similarity loss, which BiHalf reuses
+PAIRS = ("cross", "halves")  # kept equal to hashbench.layers.PAIRS (that module imports torch)
 
 
 class BiHalf(DeepHashMethod):
@@ -24,7 +24,7 @@ class BiHalf(DeepHashMethod):
 
     * ``similarity``: ``MSE(cos(b_i, b_j), cos(f_i, f_j))``, the unsupervised loss the authors
       train with (the one of unsupervised GreedyHash; implemented in
-      :func:`hashbench.baselines.greedyhash.layers.similarity_preservation`). There is no
+      :func:`hashbench.layers.similarity_preservation`). There is no
       separate quantization term: ``gamma`` in the backward plays that part.
 
     Test codes: ``h >= 0``: the authors encode the query and database with ``sign(H)``
@@ -59,7 +59,8 @@ class BiHalf(DeepHashMethod):
 
     def objective(self, head: Any, f1: Any, f2: Any) -> dict[str, Any]:
         """``similarity`` between the Bi-half codes of the two views (see the class docstring)."""
-        from ..greedyhash.layers import similarity_preservation
+        from hashbench.layers import similarity_preservation
+
         from .layers import bi_half
 
         b1 = bi_half(head(f1), self.config.gamma)

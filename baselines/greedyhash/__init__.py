@@ -10,7 +10,7 @@ from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.params import param
 
-PAIRS = ("cross", "halves")  # kept equal to layers.PAIRS (that module imports torch)
+PAIRS = ("cross", "halves")  # kept equal to hashbench.layers.PAIRS (that module imports torch)
 
 
 class GreedyHash(DeepHashMethod):
@@ -19,7 +19,7 @@ class GreedyHash(DeepHashMethod):
 
     Head: ``h = Linear(F, bits)(f)`` (as the authors' ``fc_encode`` and kamwoh/sdc's ``hash_fc``).
     Codes in training: ``b = sign(h)`` (0 -> +1) with an identity backward
-    (:class:`layers.SignSTE`). Objective, two named terms:
+    (:func:`hashbench.layers.sign_ste`). Objective, two named terms:
 
     * ``similarity``: ``MSE(cos(b_i, b_j), cos(f_i, f_j))`` over pairs of items (see ``pairs``):
       the unsupervised GreedyHash loss, which makes the codes preserve the cosine-similarity
@@ -63,7 +63,9 @@ class GreedyHash(DeepHashMethod):
         """``similarity`` and ``cubic_penalty`` (unweighted; see :meth:`term_weights`)."""
         import torch
 
-        from .layers import cubic_penalty, sign_ste, similarity_preservation
+        from hashbench.layers import sign_ste, similarity_preservation
+
+        from .layers import cubic_penalty
 
         h1, h2 = head(f1), head(f2)
         b1, b2 = sign_ste(h1), sign_ste(h2)
