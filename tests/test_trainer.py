@@ -10,7 +10,11 @@ name with no core edit.
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
+import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,3 +385,17 @@ def test_a_recipe_version_keys_its_view_banks_and_built_in_keys_are_unchanged(wi
     with_plugin(register_augmentations=lambda: [InvertV2])
     _, v2 = banks.view_bank(backbone, train, "invert", 2)
     assert not v2["cache_hit"] and v2["key"] != v1["key"]
+
+
+def test_the_docs_recipe_and_schedule_example_runs_as_written(with_plugin, monkeypatch):
+    doc = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+                 if "register_augmentations" in b)
+    module = types.ModuleType("strong_crop_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(block, str(doc), "exec"), module.__dict__)
+    with_plugin(register_augmentations=module.register_augmentations, register_schedules=module.register_schedules)
+    assert "strong-crop" in hashbench.names("augmentation") and "halve-each-epoch" in hashbench.names("schedule")
+    method = Toy(bits=8, augment="strong-crop", schedule="halve-each-epoch", epochs=3, bank_views=0)
+    state = engine.fit(method, images(32), None)
+    assert [e["lr"] for e in state.log["epochs"]] == [1e-2, 5e-3, 2.5e-3] and not state.log["banked"]
