@@ -24,7 +24,7 @@ import yaml
 from .config import Experiment, RunConfig
 from .errors import HashbenchError
 from .registry import registry
-from .store import RunStore
+from .store import INPUT_KEYS, RunLabel, RunRecord, RunStore, Snapshot
 from .tables import (
     FORMATS,
     FRAME_COLUMNS,
@@ -32,6 +32,7 @@ from .tables import (
     _latex_escape,
     check_formats,
     check_metric,
+    column_label,
     column_order,
     cutoffs,
     record_row,
@@ -41,9 +42,6 @@ from .tables import (
     wide_table,
     write_formats,
 )
-
-#: method fields that name the input of a deep method: part of the column label unless varied
-INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
 GRID_FLAGS = {"bits": "--bits", "seed": "--seeds", "seeds": "--seeds", "dataset": "--datasets",
               "datasets": "--datasets", "method": "the METHOD argument"}
 
@@ -161,33 +159,32 @@ def plan_ablation(method: str, vary: Sequence[str], experiment: Experiment,
 
 # ----------------------------------------------------------------------------- table
 
-def read_records(ablation: Ablation, results_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of the ablation's run ids (and no others); a missing one is left out."""
-    store = RunStore(results_dir)
-    records = (store.peek(config.run_id) for config in ablation.configs)
-    return [record for record in records if record is not None]
+def read_records(ablation: Ablation, results_dir: str | Path, since: Snapshot | None = None) -> list[RunRecord]:
+    """The records of the ablation's run ids (and no others); a missing one is left out.
+    ``since``: a snapshot of the folder taken earlier (:meth:`RunStore.records`): a record
+    not written since is not read again."""
+    return RunStore(results_dir).records(since, run_ids=[config.run_id for config in ablation.configs])
 
 
 def _column(config: dict[str, Any], keys: Sequence[str]) -> str:
-    """The table column (dataset with its input) of a run; a varied input of a deep method
-    (backbone, weights, size, frozen) is in the row label instead, so rows share columns."""
-    if any(k in INPUT_KEYS for k in keys):
-        params = {k: v for k, v in config.get("method_params", {}).items() if k not in INPUT_KEYS}
-        config = {**config, "method_params": params}
-    return record_row({"run_id": "", "config": config})["dataset"]
+    """The table column (dataset with its input) of a planned run, labelled as its record is
+    when it runs now; a varied input of a deep method (backbone, weights, size, frozen) is in
+    the row label instead, so rows share columns."""
+    return column_label(RunLabel.of(config).dataset_label(), config,
+                        without_input=any(k in INPUT_KEYS for k in keys))
 
 
-def ablation_frame(ablation: Ablation, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def ablation_frame(ablation: Ablation, records: Sequence[RunRecord | dict[str, Any]]) -> pd.DataFrame:
     """One row per record of the ablation's cells: records_frame's columns (``method``: the
-    setting's label, ``dataset``: its column) plus ``status``."""
-    label = {c.run_id: s.label for s in ablation.settings for c in s.configs}
+    setting's label, ``dataset``: its column, as planned) plus ``status``."""
+    cells = {c.run_id: (s.label, _column(c.to_dict(), ablation.keys)) for s in ablation.settings for c in s.configs}
     rows = []
     for rec in records:
-        if rec.get("run_id") not in label:
+        if rec.get("run_id") not in cells:
             continue  # not a cell of this ablation
         row = record_row(rec)
-        row.update(method=label[rec["run_id"]], dataset=_column(rec["config"], ablation.keys),
-                   status=rec.get("status"))
+        setting, column = cells[rec["run_id"]]
+        row.update(method=setting, dataset=column, status=rec.get("status"))
         rows.append(row)
     return pd.DataFrame(rows, columns=[*FRAME_COLUMNS, "status"])
 

@@ -30,6 +30,7 @@ from .config import (
 )
 from .errors import HashbenchError
 from .registry import HOOKS, PLURAL, normalize_kind, registry
+from .store import METRICS
 
 EXIT_USAGE = 2
 #: a run failed, or the machine refused a write (a full disk)
@@ -285,12 +286,13 @@ def _add_executor_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Namespace,
-                    executor_params: dict[str, Any] | None = None) -> dict[str, int]:
-    """Run the grid (``run`` and ``ablate`` alike); print the status counts and each failure."""
+                    executor_params: dict[str, Any] | None = None, done=None) -> dict[str, int]:
+    """Run the grid (``run`` and ``ablate`` alike); print the status counts and each failure.
+    ``done``: the finished run ids, as read when the command started."""
     from .runner import run_grid
 
     summaries = run_grid(configs, results_dir, executor, executor_params, force=args.force,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, done=done)
     counts: dict[str, int] = {}
     for s in summaries:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
@@ -345,16 +347,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_flags_apply(args, experiment, configs)
     registry("executor").get(settings["executor"])
     results_dir = Path(settings["results_dir"])
-    RunStore(results_dir).check_writable()
-    preflight(configs, results_dir, force=args.force)
+    store = RunStore(results_dir)
+    store.check_writable()
+    # the folder is read once: the finished runs, and the records the tables reuse if unchanged
+    snapshot = store.snapshot([c.run_id for c in configs] if args.no_table else None)
+    preflight(configs, results_dir, force=args.force, done=snapshot.done)
     print(
         f"hashbench: {len(configs)} runs ({len(experiment.methods)} methods x {len(experiment.datasets)} "
         f"datasets x {len(experiment.bits)} bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"])
+    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"],
+                             done=snapshot.done)
     if not args.no_table:
-        markdown, paths = write_tables(RunStore(results_dir).records(), results_dir / "tables")
+        markdown, paths = write_tables(store.records(since=snapshot), results_dir / "tables")
         print(markdown)
         print(f"hashbench: tables written to {paths[0].parent}", file=sys.stderr)
     return 1 if counts.get("failed") else 0
@@ -377,16 +383,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     check_flags_apply(args, experiment, configs)
     registry("executor").get(settings["executor"])
     results_dir = Path(settings["results_dir"])
-    RunStore(results_dir).check_writable()
-    preflight(configs, results_dir, force=args.force)
+    store = RunStore(results_dir)
+    store.check_writable()
+    snapshot = store.snapshot(c.run_id for c in configs)  # the ablation's records, read once
+    preflight(configs, results_dir, force=args.force, done=snapshot.done)
     print(
         f"hashbench: ablation of {args.method} over {', '.join(ablation.keys)}: {len(configs)} runs "
         f"({len(ablation.settings)} settings x {len(experiment.datasets)} datasets x {len(experiment.bits)} "
         f"bit lengths x {len(experiment.seeds)} seeds) -> {results_dir / 'runs'}",
         file=sys.stderr,
     )
-    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"])
-    markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir),
+    counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"],
+                             done=snapshot.done)
+    markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir, since=snapshot),
                                           results_dir / "tables", args.metric)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -437,6 +446,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         if decoded != total:
             raise HashbenchError(f"headless Chromium decoded only {decoded} of {total} plots of {page}")
     return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Rewrite the folder's records of an older version (``hashbench.store.migrate``): their
+    labels are fixed from then on, whatever later defaults are."""
+    from .store import RECORD_VERSION, RunStore
+
+    results_dir = Path(args.results_dir)
+    outcome = RunStore(results_dir).migrate()
+    print(f"hashbench: {results_dir / 'runs'}: " + ", ".join(f"{len(ids)} {what}" for what, ids in outcome.items())
+          + f" (record version {RECORD_VERSION})", file=sys.stderr)
+    for run_id in outcome["busy"]:
+        print(f"hashbench: {run_id} is held by a running process; migrate again when it is done", file=sys.stderr)
+    return 1 if outcome["busy"] or outcome["unreadable"] else 0
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -652,29 +675,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(
         ablate, f"YAML experiment file for datasets, bits, seeds, features (default: {DEFAULT_EXPERIMENT}); "
         "its methods are ignored", "a parameter fixed in every setting, e.g. cibhash.epochs=5 (repeatable)")
-    ablate.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    ablate.add_argument("--metric", default="map", help=", ".join(METRICS))
     ablate.set_defaults(func=cmd_ablate)
 
     table = sub.add_parser("table", help="aggregate run records into comparison tables")
     table.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
-    table.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    table.add_argument("--metric", default="map", help=", ".join(METRICS))
     table.add_argument("--format", default="md,csv,latex", help="comma-separated: md, csv, latex")
     table.set_defaults(func=cmd_table)
 
     plot = sub.add_parser("plot", help="draw PR, precision@K, metric-vs-bits and ablation plots from run records")
     plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")
     plot.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg")
-    plot.add_argument("--metric", default="map", help="for metric-vs-bits and ablations: map, map_full, "
-                      "map_tie_aware, precision_h2, recall_h2")
+    plot.add_argument("--metric", default="map", help="for metric-vs-bits and ablations: " + ", ".join(METRICS))
     plot.set_defaults(func=cmd_plot)
 
     report = sub.add_parser("report", help="one self-contained HTML page: tables, plots, protocol, runs")
     report.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR,
                         help="results folder; the page is its report/index.html")
-    report.add_argument("--metric", default="map", help="map, map_full, map_tie_aware, precision_h2, recall_h2")
+    report.add_argument("--metric", default="map", help=", ".join(METRICS))
     report.add_argument("--screenshot", action="store_true",
                         help="also save report/screenshot.png, rendered by headless Chromium")
     report.set_defaults(func=cmd_report)
+
+    migrate = sub.add_parser("migrate", help="rewrite a results folder's run records in the current record version")
+    migrate.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
+    migrate.set_defaults(func=cmd_migrate)
 
     ev = sub.add_parser("evaluate", help="score codes made anywhere")
     ev.add_argument("--query-codes", required=True)

@@ -8,6 +8,7 @@ run, seed, bit length and deep method with the same backbone after the first reu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,19 @@ class FeatureSpec:
         return asdict(self)
 
 
+def frozen_backbone(name: str, pretrained: bool | str = False, input_size: int | None = None) -> Any:
+    """The frozen backbone ``name`` (weights ``pretrained``, side ``input_size``) of this process:
+    built once per (name, weights, input size) and registry (the two most recent are kept), and
+    shared by the grid's preflight, its cache warm-up and its runs' feature extraction. Frozen:
+    eval mode, no trainable parameter; a caller must not train it nor change it."""
+    return _frozen_backbone(registry("backbone"), name, pretrained, input_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _frozen_backbone(backbones: Any, name: str, pretrained: bool | str, input_size: int | None) -> Any:
+    return backbones.create(name, pretrained=pretrained, input_size=input_size, frozen=True)
+
+
 def _pixels(x: Any, protocol: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise HashbenchError(
@@ -88,8 +102,7 @@ def feature_splits(protocol: Protocol, dataset_params: dict[str, Any], splits: S
         return _replace_x(splits, lambda s: _pixels(s.x, protocol.name)), {"backbone": None, "cached": False}
     from .banks import clean_features
 
-    backbone = registry("backbone").create(spec.backbone, pretrained=spec.pretrained,
-                                           input_size=spec.input_size, frozen=True)
+    backbone = frozen_backbone(spec.backbone, spec.pretrained, spec.input_size)
     hits = []
 
     def features(split: Split) -> np.ndarray:

@@ -14,13 +14,18 @@ One figure per
 ``<slug>`` is the table's column label (``fashion-mnist (tf_efficientnet_lite0 pretrained
 64px)``) in lower case with every run of other characters turned into ``-``.
 
+Every figure is drawn from the records alone: runs are labelled and grouped by what their
+record stored (:class:`hashbench.store.RunLabel`: the parameters that differed from the
+defaults when the run was made, and the ablation it belongs to), never by comparing them with
+today's defaults, and no table file is read back.
+
 The curve and metric-vs-bits figures show each method's baseline: its runs with default
-parameters (or, when all its runs share changes, e.g. records made before a default changed,
-``nsh[epochs=20]``, the runs with only those); variants with more changes
-(``nsh[sorter=exact]``) belong to the ablations. Ablations are drawn from the tables
-``hashbench ablate`` wrote (``tables/ablation-*.csv``, exactly the ablation's own runs); variants
-that no ablation table covers and that differ from the baseline in one parameter are grouped by
-(method, parameter) from the records, with the baseline runs as one more setting.
+parameters (or, when all its runs share changes, e.g. every run made with ``--set
+nsh.epochs=20``, the runs with only those); variants with more changes (``nsh[sorter=exact]``)
+belong to the ablations. An ablation groups a method's runs by the parameters they change
+beyond the baseline (their record's ``ablation``: ``sorter``, or ``positives,sorter`` for a
+cross product), with the baseline runs in the same (dataset, bits) columns as one more setting,
+marked "(default)".
 
 matplotlib is imported lazily, and only its object-oriented API is used (``Figure`` with the Agg
 canvas): no pyplot, no global backend state.
@@ -34,30 +39,20 @@ import json
 import math
 import re
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .errors import HashbenchError
-from .registry import registry
-from .store import atomic_write_bytes
-from .tables import METRICS, check_metric, record_row, records_frame, summary_frame
+from .store import INPUT_KEYS, METRIC_LABELS, RunRecord, as_record, atomic_write_bytes
+from .tables import check_metric, column_label, labelled_rows, records_frame, summary_frame
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 DEFAULT_FORMATS = ("png", "pdf")
-#: parameters that name a deep method's input: varying them changes the column, not the row
-INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
-METRIC_LABELS = {
-    "map_full": "mAP over the whole ranking",
-    "map_tie_aware": "tie-aware mAP over the whole ranking",
-    "precision_h2": "precision within Hamming radius 2",
-    "recall_h2": "recall within Hamming radius 2",
-}
 DPI = 120
 SIZE = (6.4, 4.4)
 
@@ -122,15 +117,16 @@ def shown_methods(labels: Iterable[str]) -> list[str]:
 
 
 def metric_label(metric: str, ks: Sequence[int] = ()) -> str:
-    if metric == "map":
-        return f"mAP@{ks[0]}" if len(ks) == 1 else "mAP@K"
+    if metric == "map" and len(ks) == 1:
+        return f"mAP@{ks[0]}"
     return METRIC_LABELS.get(metric, metric)
 
 
 # ----------------------------------------------------------------------------- data
 
-def done_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rec for rec in records if rec.get("status") == "done"]
+def done_records(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[RunRecord]:
+    """The finished records, as RunRecords (a record's JSON form is migrated: :func:`hashbench.store.as_record`)."""
+    return [as_record(rec) for rec in records if rec.get("status") == "done"]
 
 
 def mean_curves(records: Iterable[dict[str, Any]], kind: str) -> dict[tuple[str, int], dict[str, dict[str, Any]]]:
@@ -139,16 +135,16 @@ def mean_curves(records: Iterable[dict[str, Any]], kind: str) -> dict[tuple[str,
 
     ``kind`` "pr": curve ``{"recall", "precision", "radius", "n", "run_ids"}`` (means per radius);
     "pk": ``{"k", "precision", "n", "run_ids"}`` (means at the k values every seed has).
-    ``dataset`` and ``method`` are the table labels (:func:`hashbench.tables.record_row`).
+    ``dataset`` and ``method`` are the table labels (:func:`hashbench.tables.labelled_rows`).
     """
     if kind not in ("pr", "pk"):
         raise ValueError(kind)
-    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    for rec in done_records(records):
-        curves = rec.get("curves") or {}
+    groups: dict[tuple[str, int, str], list[RunRecord]] = {}
+    done = done_records(records)
+    for rec, row in zip(done, labelled_rows(done)):
+        curves = rec.curves or {}
         if ("pr_curve" if kind == "pr" else "precision_at_k") not in curves:
             continue
-        row = record_row(rec)
         groups.setdefault((row["dataset"], row["bits"], row["method"]), []).append(rec)
     out: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
     for (dataset, bits, method), recs in sorted(groups.items()):
@@ -190,17 +186,17 @@ def metric_by_bits(records: Iterable[dict[str, Any]], metric: str = "map") -> di
 class AblationData:
     """An ablation's numbers: rows (settings) x columns (dataset, bits)."""
 
-    name: str                     # file stem: ablation-<method>-<key>[...][-<metric>]
+    name: str                     # figure stem: ablation-<method>-<key>[-<key2>][-<metric>]
     method: str
     keys: list[str]
     metric: str
-    settings: list[str]           # row labels in the table's order ("sorter=exact")
+    settings: list[str]           # row labels ("sorter=exact", "positives=1, sorter=exact")
     values: dict[str, dict[str, Any]]  # setting -> {key: value}
     columns: list[tuple[str, int]]
     cells: dict[tuple[str, str, int], dict[str, Any]]  # (setting, dataset, bits) -> n, failed, mean, std, best
-    source: str                   # the table file, or "records"
+    source: str                   # where the numbers come from: "records"
     note: str = ""
-    defaults: set[str] = field(default_factory=set)  # settings equal to the method's defaults
+    defaults: set[str] = field(default_factory=set)  # the baseline's settings (the defaults when it ran)
     ks: list[int] = field(default_factory=list)  # the K of mAP@K of its columns, when known
 
     def numeric(self) -> bool:
@@ -210,146 +206,81 @@ class AblationData:
             for v in self.values.values())
 
 
-def _defaults(method: str) -> dict[str, Any]:
-    try:
-        return registry("method").get(method).default_params()
-    except HashbenchError:
-        return {}
+def _changes(rec: RunRecord) -> set[tuple[str, str]]:
+    """The record's stored changes as (parameter, JSON value) items."""
+    return {(k, json.dumps(v, sort_keys=True)) for k, v in rec.label.changed.items()}
 
 
-def _default_settings(method: str, keys: Sequence[str], values: dict[str, dict[str, Any]]) -> set[str]:
-    defaults = _defaults(method)
-    return {label for label, vals in values.items()
-            if all(k in defaults and defaults[k] == vals[k] for k in keys)}
-
-
-def _table_metric(stem: str) -> str:
-    for metric in METRICS:
-        if metric != "map" and stem.endswith("-" + metric):
-            return metric
-    return "map"
-
-
-def _read_value(text: Any) -> Any:
-    if isinstance(text, float) and math.isnan(text):
-        return None
-    try:
-        return yaml.safe_load(str(text))
-    except yaml.YAMLError:
-        return str(text)
-
-
-def ablations_from_tables(tables_dir: str | Path, metric: str = "map") -> list[AblationData]:
-    """The ablation tables ``hashbench ablate`` wrote for ``metric`` (their CSV, long format:
-    method, setting, <varied keys>, dataset, bits, n, failed, mean, std, best)."""
-    out = []
-    for path in sorted(Path(tables_dir).glob("ablation-*.csv")):
-        if _table_metric(path.stem) != metric:
-            continue
-        try:
-            table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"setting": str})
-        except (OSError, ValueError, pd.errors.ParserError):
-            continue
-        columns = list(table.columns)
-        if not {"method", "setting", "dataset", "bits", "n", "mean", "std"} <= set(columns) or table.empty:
-            continue
-        keys = columns[columns.index("setting") + 1:columns.index("dataset")]
-        method = str(table["method"].iloc[0])
-        settings = list(dict.fromkeys(table["setting"].astype(str)))
-        values = {}
-        rows = table.to_dict("records")
-        for row in rows:
-            values.setdefault(str(row["setting"]), {k: _read_value(row[k]) for k in keys})
-        cells = {}
-        for row in rows:
-            n = int(row["n"]) if not pd.isna(row["n"]) else 0
-            cells[str(row["setting"]), str(row["dataset"]), int(row["bits"])] = {
-                "n": n,
-                "failed": int(row.get("failed", 0) or 0),
-                "mean": float(row["mean"]) if n else float("nan"),
-                "std": float(row["std"]) if n and not pd.isna(row["std"]) else float("nan"),
-                "best": str(row.get("best")).lower() == "true",
-            }
-        columns_ = list(dict.fromkeys((str(d), int(b)) for d, b in zip(table["dataset"], table["bits"])))
-        md = path.with_suffix(".md")
-        note = ""
-        if md.exists():
-            lines = [line for line in md.read_text().splitlines() if line.strip() and not line.startswith("|")]
-            note = " ".join(lines)
-        out.append(AblationData(path.stem, method, keys, metric, settings, values, columns_, cells,
-                                str(path), note, _default_settings(method, keys, values)))
-    return out
-
-
-def _changed(config: dict[str, Any]) -> dict[str, str]:
-    """The method params that differ from today's defaults, as JSON text."""
-    defaults = _defaults(config["method"])
-    return {k: json.dumps(v, sort_keys=True) for k, v in config.get("method_params", {}).items()
-            if k not in defaults or defaults[k] != v}
-
-
-def ablations_from_records(records: Iterable[dict[str, Any]], metric: str = "map",
+def ablations_from_records(records: Iterable[RunRecord | Mapping[str, Any]], metric: str = "map",
                            covered: Iterable[tuple[str, str]] = ()) -> list[AblationData]:
-    """Ablations recovered from records alone. Per method, its baseline runs are those whose
-    params differ from today's defaults only in what all its finished runs share (usually
-    nothing); runs that differ from the baseline in exactly one parameter are grouped by
-    (method, parameter), with the baseline runs in the same (dataset, bits) columns as one more
-    setting. Pairs in ``covered`` (drawn from a table already) and input parameters are left out."""
+    """The ablations the finished records tell of, from what each stored.
+
+    Per method, its baseline runs are those whose stored changes are the ones all its finished
+    runs share (usually none: the runs at the defaults of their day). Every other run belongs
+    to the ablation of the parameters it changes beyond those (its record's ``ablation``, less
+    the shared ones); an ablation of keys K holds the runs whose extra changes are within K,
+    and the baseline runs in the same (dataset, bits) columns as one more setting. Ablations
+    with a key in ``covered`` ((method, key) pairs) are left out."""
     check_metric(metric)
     covered = set(covered)
-    by_method: dict[str, list[dict[str, Any]]] = {}
+    by_method: dict[str, list[RunRecord]] = {}
     for rec in done_records(records):
-        by_method.setdefault(rec["config"]["method"], []).append(rec)
+        by_method.setdefault(rec.label.method, []).append(rec)
     out = []
     for method, recs in sorted(by_method.items()):
-        changes = [set(_changed(r["config"]).items()) for r in recs]
+        changes = [_changes(r) for r in recs]
         common = set.intersection(*changes)
-        base = [r for r, c in zip(recs, changes) if c == common]
-        variants: dict[str, list[dict[str, Any]]] = {}
-        for rec, change in zip(recs, changes):
-            extra = change - common
-            if len(extra) == 1:
-                ((key, _),) = extra
-                if key not in INPUT_KEYS and (method, key) not in covered:
-                    variants.setdefault(key, []).append(rec)
-        defaults = _defaults(method)
-        for key, group_recs in sorted(variants.items()):
-            out += _ablation_of(method, key, group_recs, base, metric, defaults)
+        shared = {k for k, _ in common}
+        extra = [tuple(k for k in r.label.ablation_keys if k not in shared) for r in recs]
+        base = [r for r, keys in zip(recs, extra) if not keys]
+        for keys in sorted({keys for keys in extra if keys}):
+            if any((method, k) in covered for k in keys):
+                continue
+            members = [r for r, mine in zip(recs, extra) if mine and set(mine) <= set(keys)]
+            out += _ablation_of(method, list(keys), members, base, metric)
     return out
 
 
-def _ablation_of(method: str, key: str, recs: list[dict[str, Any]], base: list[dict[str, Any]], metric: str,
-                 defaults: dict[str, Any]) -> list[AblationData]:
-    columns = sorted({(record_row(r)["dataset"], record_row(r)["bits"]) for r in recs})
-    base = [r for r in base if (record_row(r)["dataset"], record_row(r)["bits"]) in columns]
-    by_value: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+def _ablation_of(method: str, keys: list[str], recs: list[RunRecord], base: list[RunRecord],
+                 metric: str) -> list[AblationData]:
+    def column(rec: RunRecord, row: dict[str, Any]) -> tuple[str, int]:
+        # a varied input of a deep method is in the row label, so its runs share columns
+        return column_label(row["protocol_variant"], rec.config, any(k in INPUT_KEYS for k in keys)), row["bits"]
+
+    rows = {id(r): row for r, row in zip(recs + base, labelled_rows(recs + base))}
+    columns = sorted({column(r, rows[id(r)]) for r in recs})
+    base = [r for r in base if column(r, rows[id(r)]) in columns]
+    by_value: dict[str, tuple[tuple[Any, ...], list[RunRecord]]] = {}
     for rec in recs + base:
-        value = rec["config"]["method_params"].get(key, defaults.get(key))
+        params = rec.config.get("method_params", {})
+        value = tuple(params.get(k) for k in keys)  # None: a record made before the parameter existed
         by_value.setdefault(json.dumps(value, sort_keys=True), (value, []))[1].append(rec)
     if len(by_value) < 2:
         return []
-    settings, values, cells = [], {}, {}
-    for value, group in sorted(by_value.values(), key=lambda item: _sort_key(item[0])):
-        label = f"{key}={_show(value)}"
+    baseline = {id(r) for r in base}
+    settings, values, cells, defaults = [], {}, {}, set()
+    for value, group in sorted(by_value.values(), key=lambda item: [_sort_key(v) for v in item[0]]):
+        label = ", ".join(f"{k}={_show(v)}" for k, v in zip(keys, value))
         settings.append(label)
-        values[label] = {key: value}
-        frame = pd.DataFrame([record_row(r) for r in group])
-        for (dataset, bits), vals in frame.groupby(["dataset", "bits"])[metric]:
-            vals = vals.astype(float)
-            cells[label, str(dataset), int(bits)] = {
-                "n": len(vals), "failed": 0, "mean": float(vals.mean()),
-                "std": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"), "best": False}
+        values[label] = dict(zip(keys, value))
+        if any(id(rec) in baseline for rec in group):
+            defaults.add(label)
+        by_column: dict[tuple[str, int], list[float]] = {}
+        for rec in group:
+            by_column.setdefault(column(rec, rows[id(rec)]), []).append(float(rec.metrics[metric]))
+        for (dataset, bits), vals in by_column.items():
+            cells[label, dataset, bits] = {
+                "n": len(vals), "failed": 0, "mean": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), "best": False}
     for dataset, bits in columns:
         here = [cells[s, dataset, bits]["mean"] for s in settings if (s, dataset, bits) in cells]
         for s in settings:
             cell = cells.get((s, dataset, bits))
             if cell is not None and cell["mean"] >= max(here) - 1e-12:
                 cell["best"] = True
-    name = f"ablation-{method}-{key}" + ("" if metric == "map" else f"-{metric}")
-    note = f"{method} runs that differ from its baseline runs in {key} only, grouped from the records."
-    default = {f"{key}={_show(defaults[key])}"} if key in defaults else set()
-    return [AblationData(name, method, [key], metric, settings, values, columns, cells, "records", note,
-                         default & set(settings))]
+    name = "-".join(["ablation", method, *keys]) + ("" if metric == "map" else f"-{metric}")
+    note = f"{method} runs that differ from its baseline runs in {', '.join(keys)} only, grouped from the records."
+    return [AblationData(name, method, keys, metric, settings, values, columns, cells, "records", note, defaults)]
 
 
 def _show(value: Any) -> str:
@@ -362,12 +293,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, json.dumps(value, sort_keys=True))
 
 
-def ablation_data(results_dir: str | Path, records: Iterable[dict[str, Any]], metric: str = "map") -> list[AblationData]:
-    """Every ablation to draw: the tables under ``<results_dir>/tables``, then the ones only the
-    records tell of (:func:`ablations_from_records`)."""
-    tables = ablations_from_tables(Path(results_dir) / "tables", metric)
-    covered = {(a.method, k) for a in tables for k in a.keys}
-    return tables + ablations_from_records(records, metric, covered)
+def ablation_data(records: Iterable[RunRecord | Mapping[str, Any]], metric: str = "map") -> list[AblationData]:
+    """Every ablation to draw: :func:`ablations_from_records` (no table file is read)."""
+    return ablations_from_records(records, metric)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -427,7 +355,7 @@ def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metri
                 plots.append(Plot(f"pk-{names[dataset]}-{bits}b", "pk",
                                   f"Precision@K: {dataset}, {bits} bits", dataset, bits, pk[dataset, bits],
                                   caption="Precision of the top K of the Hamming ranking, mean over seeds."))
-    for ablation in ablation_data(results_dir, records, metric):
+    for ablation in ablation_data(done, metric):
         ablation.ks = sorted({k for dataset, _ in ablation.columns for k in ks.get(dataset, [])})
         title = f"Ablation of {ablation.method}: {', '.join(ablation.keys)}"
         if len(ablation.columns) == 1:
@@ -569,7 +497,7 @@ def make_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, forma
     """Plan and draw every figure under ``<results_dir>/plots``; returns the plots (with their files)."""
     formats = check_plot_formats(formats)
     plots = plan_plots(records, results_dir, metric)
-    colors = _colors(record_row(r)["method"] for r in done_records(records))
+    colors = _colors(row["method"] for row in labelled_rows(done_records(records)))
     for plot in plots:
         render(plot, Path(results_dir) / "plots", formats, colors)
     return plots

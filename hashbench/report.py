@@ -44,8 +44,8 @@ from .tables import (
     PUBLISHED,
     check_metric,
     cutoffs,
+    labelled_rows,
     published_sources,
-    record_row,
     records_frame,
     summary_frame,
     to_markdown,
@@ -142,7 +142,7 @@ def comparison_section(records: Sequence[dict[str, Any]], metric: str) -> str:
     return (f'<section id="tables"><h2>Comparison: {esc(metric_label(metric))}</h2>'
             f"{html_table(table)}<p class=note>{esc(note)}</p>"
             "<p class=note>Rows <code>method[key=value]</code> are runs with that parameter changed from the "
-            "method's default (ablations).</p></section>")
+            "method's default when they ran (ablations), as their records store it.</p></section>")
 
 
 def ablation_table(data: AblationData) -> str:
@@ -203,9 +203,9 @@ def ablations_section(plots: Sequence[Plot]) -> str:
     if not ablations:
         return ""
     return ('<section id="ablations"><h2>Ablations</h2>'
-            "<p class=note>From the tables <code>hashbench ablate</code> wrote (exactly each ablation's runs), "
-            "or, where no table exists, from records differing from the method's baseline runs in one "
-            "parameter.</p>" + "".join(ablation_table(a) for a in ablations) + "</section>")
+            "<p class=note>From the records: each method's runs grouped by the parameters they changed "
+            "beyond its baseline runs (the ablation their record stores), with the baseline runs as the "
+            "setting marked (default).</p>" + "".join(ablation_table(a) for a in ablations) + "</section>")
 
 
 # ----------------------------------------------------------------------------- facts
@@ -225,9 +225,10 @@ def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
 
 def protocol_section(records: Sequence[dict[str, Any]]) -> str:
     done = done_records(records)
-    by_variant: dict[str, list[dict[str, Any]]] = {}
+    labelled = {id(rec): row for rec, row in zip(done, labelled_rows(done))}
+    by_variant: dict[str, list[Any]] = {}
     for rec in done:
-        by_variant.setdefault(record_row(rec)["protocol_variant"], []).append(rec)
+        by_variant.setdefault(labelled[id(rec)]["protocol_variant"], []).append(rec)
     parts = [('<section id="protocol"><h2>Protocol</h2>'
               "<p class=note>As recorded by the finished runs (a value that differs between runs is "
               "listed with its run counts).</p>")]
@@ -242,7 +243,7 @@ def protocol_section(records: Sequence[dict[str, Any]]) -> str:
         sizes = [r.get("splits") or {} for r in recs]
         for split in sorted({s for d in sizes for s in d}):
             rows.append((f"{split} items", _values(d.get(split) for d in sizes)))
-        inputs = Counter(record_row(r)["dataset"] for r in recs)
+        inputs = Counter(labelled[id(r)]["dataset"] for r in recs)
         rows.append(("inputs (table columns)", "; ".join(f"{k} ({n} runs)" for k, n in sorted(inputs.items()))))
         features = [{k: v for k, v in (r.get("features") or {}).items() if k != "cached"}
                     for r in recs if r.get("features")]
@@ -297,8 +298,8 @@ def runs_section(records: Sequence[dict[str, Any]], metric: str) -> str:
     head = ("<tr><th>run id</th><th>method</th><th>dataset</th><th>bits</th><th>seed</th><th>status</th>"
             f"<th>{esc(metric)}</th><th>seconds</th><th>config</th></tr>")
     body = []
-    for rec in sorted(records, key=lambda r: r["run_id"]):
-        row = record_row(rec)
+    records = sorted(records, key=lambda r: r["run_id"])
+    for rec, row in zip(records, labelled_rows(records)):
         value = row.get(metric)
         status = rec.get("status", "?")
         config = json.dumps(rec.get("config"), indent=1, sort_keys=True)

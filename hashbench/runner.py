@@ -1,12 +1,21 @@
 """Run a grid: for each RunConfig, protocol -> splits -> fit -> encode -> evaluate -> record.
 
 ``execute(task)`` is the unit every executor runs: it claims the run, skips it if a finished
-record exists (unless forced), performs it, and writes its record. A run that raises is
-recorded as failed (with the error) and the grid goes on.
+record exists (unless forced), performs it, and writes its record (a
+:class:`~hashbench.store.RunRecord`). A run that raises is recorded as failed (with the error)
+and the grid goes on.
+
+Each thing is built or read once per grid: the results folder is read once before the grid
+(the caller's ``done`` set of finished run ids, :meth:`RunStore.snapshot`), and only a run
+about to be performed is read again, under its lock; a method built to ask its cache reads
+(:func:`warm_caches`) is the one the run fits when it runs in this process; frozen backbones
+are built once per process (:func:`hashbench.features.frozen_backbone`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -19,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,12 +36,10 @@ from .components import SPLIT_NAMES, Splits
 from .config import RunConfig
 from .errors import HashbenchError
 from .evaluate import evaluate, pack_codes
-from .features import FeatureSpec, feature_splits
+from .features import FeatureSpec, feature_splits, frozen_backbone
 from .registry import create, registry
-from .store import CURVES, METRICS, RunStore
+from .store import CURVES, RECORD_METRICS, RunRecord, RunStore
 
-#: what a done record's ``metrics`` holds: the metrics and K of mAP@K
-SCALAR_METRICS = (*METRICS, "topk")
 VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
 
 
@@ -90,10 +97,36 @@ def _check_codes(codes: Any, n: int, bits: int, method: str) -> np.ndarray:
     return codes
 
 
-def perform(config: RunConfig, workdir: Path | None = None) -> dict[str, Any]:
-    """Run one config and return its record (status ``done``); exceptions propagate.
+def build_method(config: RunConfig) -> Any:
+    """A new, unfitted instance of the run's method with the run's parameters."""
+    return create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
 
-    ``workdir`` is a folder private to the run (deep methods keep their checkpoints there).
+
+#: methods built in this process before their run (to ask their cache reads), by run id, while
+#: run_grid dispatches the grid: the run takes its own instead of building another
+_BUILT: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _handing_over(built: dict[str, Any]) -> Iterator[None]:
+    """Offer the methods in ``built`` (run id -> unfitted method) to the runs performed in this
+    process during the block; what is left is dropped after it."""
+    _BUILT.update(built)
+    try:
+        yield
+    finally:
+        for run_id in built:
+            _BUILT.pop(run_id, None)
+
+
+def perform(config: RunConfig, workdir: Path | None = None) -> RunRecord:
+    """Run one config and return its record: status ``done``, with its metrics, curves,
+    protocol, split sizes, features, timings, training report and versions (host, start and end
+    times and seconds are left to the caller, :func:`execute`). Exceptions propagate.
+
+    ``workdir`` is a folder private to the run (deep methods keep their checkpoints there). The
+    method is the one :func:`warm_caches` built for this run in this process, if any (never
+    fitted before), else a new one.
     """
     timings: dict[str, float] = {}
     params_json = json.dumps(config.dataset_params, sort_keys=True)
@@ -106,7 +139,9 @@ def perform(config: RunConfig, workdir: Path | None = None) -> dict[str, Any]:
         splits, features = _load_features(config.dataset, params_json, json.dumps(config.features, sort_keys=True))
         timings["features_s"] = time.perf_counter() - t0
 
-    method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    method = _BUILT.pop(config.run_id, None)
+    if method is None:
+        method = build_method(config)
     method.workdir = workdir
     t0 = time.perf_counter()
     method.fit(splits.train, splits.val)
@@ -126,17 +161,18 @@ def perform(config: RunConfig, workdir: Path | None = None) -> dict[str, Any]:
     timings["eval_s"] = time.perf_counter() - t0
 
     extra = [d for d in (_plugin_distribution(config.method),) if d]
-    return {
-        "status": "done",
-        "metrics": {k: result[k] for k in SCALAR_METRICS},
-        "curves": {k: result[k] for k in CURVES},
-        "protocol": {"name": config.dataset, **config.dataset_params, **protocol.describe()},
-        "splits": splits.sizes(),
-        "features": features,
-        "timings": timings,
-        "training": method.report(),
-        "versions": package_versions(extra),
-    }
+    return RunRecord.new(
+        config.to_dict(),
+        status="done",
+        metrics={k: result[k] for k in RECORD_METRICS},
+        curves={k: result[k] for k in CURVES},
+        protocol={"name": config.dataset, **config.dataset_params, **protocol.describe()},
+        splits=splits.sizes(),
+        features=features,
+        timings=timings,
+        training=method.report(),
+        versions=package_versions(extra),
+    )
 
 
 def _now() -> str:
@@ -156,37 +192,30 @@ def execute(task: RunTask) -> dict[str, Any]:
         if not claimed:
             return {"run_id": run_id, "status": "busy"}
         previous = store.read(run_id)  # moves an unreadable record aside, with a warning
-        if previous is not None and previous.get("status") == "done" and not task.force:
+        if previous is not None and previous.status == "done" and not task.force:
             return {"run_id": run_id, "status": "skipped"}
-        record: dict[str, Any] = {
-            "run_id": run_id,
-            "config": config.to_dict(),
-            "host": socket.gethostname(),
-            "started_at": _now(),
-        }
+        started_at = _now()
         t0 = time.perf_counter()
         workdir = Path(task.results_dir) / "checkpoints" / run_id
         interrupt: KeyboardInterrupt | None = None
         try:
-            record.update(perform(config, workdir))
-            record["error"] = None
+            record = perform(config, workdir)
             shutil.rmtree(workdir, ignore_errors=True)  # finished: only interrupted runs keep checkpoints
         except (Exception, SystemExit) as exc:  # a failing run is recorded and the grid goes on
             error = (f"SystemExit: the run called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
                      else f"{type(exc).__name__}: {exc}")
-            record.update(status="failed", error=error, traceback=traceback.format_exc(),
-                          versions=package_versions())
+            record = RunRecord.new(config.to_dict(), status="failed", error=error, traceback=traceback.format_exc(),
+                                   versions=package_versions())
         except KeyboardInterrupt as exc:  # Ctrl-C: recorded as well, then it stops the grid
-            record.update(status="failed", error="KeyboardInterrupt: interrupted (Ctrl-C)", traceback=None,
-                          versions=package_versions())
+            record = RunRecord.new(config.to_dict(), status="failed", error="KeyboardInterrupt: interrupted (Ctrl-C)",
+                                   versions=package_versions())
             interrupt = exc
-        record["seconds"] = time.perf_counter() - t0
-        record["finished_at"] = _now()
+        record = dataclasses.replace(record, host=socket.gethostname(), started_at=started_at,
+                                     seconds=time.perf_counter() - t0, finished_at=_now())
         store.write(record)
         if interrupt is not None:
             raise interrupt
-        return {"run_id": run_id, "status": record["status"], "seconds": record["seconds"],
-                "error": record["error"]}
+        return {"run_id": run_id, "status": record.status, "seconds": record.seconds, "error": record.error}
 
 
 def record_lost_run(task: RunTask, error: str, started_at: str | None = None,
@@ -208,40 +237,52 @@ def record_lost_run(task: RunTask, error: str, started_at: str | None = None,
         with store.claim(run_id) as claimed:
             if claimed:
                 previous = store.read(run_id)
-                if previous is not None and previous.get("status") == "done" and (
-                        not task.force or (started_at is not None and (previous.get("started_at") or "") >= started_at)):
-                    return {"run_id": run_id, "status": "done", "seconds": previous.get("seconds"), "error": None}
-                store.write({
-                    "run_id": run_id,
-                    "config": config.to_dict(),
-                    "status": "failed",
-                    "error": error,
-                    "traceback": None,
-                    "host": None,  # the worker's; the driver may not know it
-                    "started_at": started_at,
-                    "finished_at": _now(),
-                    "seconds": seconds,
-                    "versions": package_versions(),
-                })
+                if previous is not None and previous.status == "done" and (
+                        not task.force or (started_at is not None and (previous.started_at or "") >= started_at)):
+                    return {"run_id": run_id, "status": "done", "seconds": previous.seconds, "error": None}
+                store.write(RunRecord.new(
+                    config.to_dict(), status="failed", error=error, traceback=None,
+                    host=None,  # the worker's; the driver may not know it
+                    started_at=started_at, finished_at=_now(), seconds=seconds, versions=package_versions()))
                 return {"run_id": run_id, "status": "failed", "seconds": seconds, "error": error}
         if time.monotonic() >= deadline:
             return {"run_id": run_id, "status": "busy"}
         time.sleep(0.1)
 
 
-def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False) -> None:
+def done_run_ids(configs: Sequence[RunConfig], results_dir: str | Path) -> frozenset[str]:
+    """The run ids of ``configs`` that have a finished record in ``results_dir``, each record
+    read once (a caller that reads the whole folder anyway passes ``RunStore.snapshot().done``
+    to the functions below instead)."""
+    store = RunStore(results_dir)
+    return frozenset(store.snapshot(c.run_id for c in configs).done)
+
+
+def pending(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
+            done: Iterable[str] | None = None) -> list[RunConfig]:
+    """The configs still to run, in order: all of them with ``force``; else those whose run id
+    is not in ``done`` (the finished run ids; read from ``results_dir`` when None)."""
+    if force:
+        return list(configs)
+    done = done_run_ids(configs, results_dir) if done is None else frozenset(done)
+    return [c for c in configs if c.run_id not in done]
+
+
+def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
+              done: Iterable[str] | None = None) -> None:
     """Check, before any run starts, what would otherwise fail every run of a dataset.
 
-    For each dataset with runs still to do: its data loads and its splits are disjoint; and each
+    For each dataset with runs still to do (:func:`pending`; ``done``: the finished run ids,
+    read from ``results_dir`` when None): its data loads and its splits are disjoint; and each
     backbone those runs need (for features, or inside a deep method) is available, weights
-    included. Raises HashbenchError.
+    included (built frozen, once per process: the runs and :func:`warm_caches` reuse it).
+    Raises HashbenchError.
     """
-    store = RunStore(results_dir)
-    pending = [c for c in configs if force or not store.is_done(c.run_id)]
-    for dataset, params in {(c.dataset, json.dumps(c.dataset_params, sort_keys=True)) for c in pending}:
+    todo = pending(configs, results_dir, force, done)
+    for dataset, params in {(c.dataset, json.dumps(c.dataset_params, sort_keys=True)) for c in todo}:
         _load_splits(dataset, params)
     backbones = set()
-    for c in pending:
+    for c in todo:
         if c.features and c.features.get("backbone") is not None:
             spec = FeatureSpec.resolve(c.features)
             backbones.add((spec.backbone, spec.pretrained, spec.input_size))
@@ -249,39 +290,50 @@ def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool
             p = c.method_params
             backbones.add((p["backbone"], p.get("pretrained", False), p.get("input_size")))
     for name, pretrained, input_size in sorted(backbones, key=str):
-        registry("backbone").create(name, pretrained=pretrained, input_size=input_size)
+        frozen_backbone(name, pretrained, input_size)
 
 
-def _cache_reads(config: RunConfig) -> list[Any]:
-    """The cache reads of one run: its backbone features, or its method's own (``cache_reads``)."""
+def _cache_reads(config: RunConfig, built: dict[str, Any] | None = None) -> list[Any]:
+    """The cache reads of one run: its backbone features, or its method's own (``cache_reads``).
+
+    A method class that keeps HashMethod's ``cache_reads`` (none) is not built; one that has its
+    own is built to ask it, and kept in ``built`` (by run id) for the run to fit."""
     from .banks import CacheRead
+    from .components import HashMethod
 
     if config.features:
         spec = FeatureSpec.resolve(config.features)
         if spec.backbone is None:
             return []
         return [CacheRead(spec.backbone, spec.pretrained, spec.input_size, "pooled", splits=SPLIT_NAMES)]
-    method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    if getattr(registry("method").get(config.method), "cache_reads", None) is HashMethod.cache_reads:
+        return []
+    method = build_method(config)
+    if built is not None:
+        built[config.run_id] = method
     return list(method.cache_reads())
 
 
 def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
-                progress: bool = True) -> list[dict[str, Any]]:
+                progress: bool = True, done: Iterable[str] | None = None,
+                built: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Compute, before a grid, the frozen-backbone outputs its pending runs will read.
 
-    Reads are grouped by dataset and backbone: each split's clean outputs of every kind the runs
-    need (pooled features, tokens) come from ONE backbone pass (:func:`hashbench.banks.clean_outputs`),
-    and so does each view bank (:func:`hashbench.banks.view_banks`). Cached results cost a disk
-    read (their header: nothing is loaded into memory). Returns what was done: [{dataset, backbone, what, outputs, cache_hit}].
+    Pending runs: :func:`pending` (``done``: the finished run ids, read from ``results_dir``
+    when None). Reads are grouped by dataset and backbone: each split's clean outputs of every
+    kind the runs need (pooled features, tokens) come from ONE backbone pass
+    (:func:`hashbench.banks.clean_outputs`), and so does each view bank
+    (:func:`hashbench.banks.view_banks`); each backbone is built once per process
+    (:func:`hashbench.features.frozen_backbone`). Cached results cost a disk read (their header:
+    nothing is loaded into memory). ``built``: where to keep, by run id, the methods built to ask
+    their cache reads (see :func:`run_grid`). Returns what was done:
+    [{dataset, backbone, what, outputs, cache_hit}].
     """
     from .banks import clean_outputs, view_banks
 
-    store = RunStore(results_dir)
     groups: dict[tuple[Any, ...], dict[str, dict[Any, set[str]]]] = {}
-    for c in configs:
-        if not force and store.is_done(c.run_id):
-            continue
-        for read in _cache_reads(c):
+    for c in pending(configs, results_dir, force, done):
+        for read in _cache_reads(c, built):
             key = (c.dataset, json.dumps(c.dataset_params, sort_keys=True), read.backbone,
                    read.pretrained, read.input_size)
             group = groups.setdefault(key, {"clean": {}, "banks": {}})
@@ -289,20 +341,22 @@ def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bo
                 group["clean"].setdefault(split, set()).add(read.output)
             if read.bank is not None:
                 group["banks"].setdefault(tuple(read.bank), set()).add(read.output)
-    done: list[dict[str, Any]] = []
+    done_work: list[dict[str, Any]] = []
     for (dataset, params, name, pretrained, input_size), group in groups.items():
         _, splits = _load_splits(dataset, params)
-        backbone = registry("backbone").create(name, pretrained=pretrained, input_size=input_size, frozen=True)
+        backbone = frozen_backbone(name, pretrained, input_size)
         for split, outputs in group["clean"].items():
             got = clean_outputs(backbone, getattr(splits, split).x, sorted(outputs), progress=progress, fetch=False)
-            done.append({"dataset": dataset, "backbone": name, "what": f"clean {split}",
-                         "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+            done_work.append({"dataset": dataset, "backbone": name, "what": f"clean {split}",
+                              "outputs": sorted(outputs),
+                              "cache_hit": all(info["cache_hit"] for _, info in got.values())})
         for (recipe, views), outputs in group["banks"].items():
             got = view_banks(backbone, splits.train.x, recipe, views, sorted(outputs), progress=progress,
                              fetch=False)
-            done.append({"dataset": dataset, "backbone": name, "what": f"bank {recipe} x{views}",
-                         "outputs": sorted(outputs), "cache_hit": all(info["cache_hit"] for _, info in got.values())})
-    return done
+            done_work.append({"dataset": dataset, "backbone": name, "what": f"bank {recipe} x{views}",
+                              "outputs": sorted(outputs),
+                              "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+    return done_work
 
 
 def run_grid(
@@ -313,32 +367,35 @@ def run_grid(
     force: bool = False,
     progress: bool = True,
     warm: bool = True,
+    done: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every config through the named executor; returns one summary per run.
 
     Runs already done (unless ``force``) are not dispatched: their summary is ``skipped``.
-    A run whose worker died is recorded ``failed`` by the executor (:func:`record_lost_run`).
-    Summaries come in the order runs finish. ``warm``: first compute the frozen-backbone outputs
-    the pending runs read (:func:`warm_caches`), so that runs (and parallel workers) find them cached.
+    ``done``: the finished run ids, as the caller read them (``RunStore.snapshot().done``);
+    read from ``results_dir`` when None, each grid record once. A run whose worker died is
+    recorded ``failed`` by the executor (:func:`record_lost_run`). Summaries come in the order
+    runs finish. ``warm``: first compute the frozen-backbone outputs the pending runs read
+    (:func:`warm_caches`), so that runs (and parallel workers) find them cached; the methods it
+    builds for that are the ones the runs fit when the executor runs them in this process.
     """
     from tqdm import tqdm
 
     runner = create("executor", executor, **(executor_params or {}))
+    todo = pending(configs, results_dir, force, done)
+    built: dict[str, Any] = {}
     if warm:
-        warm_caches(configs, results_dir, force=force, progress=progress)
+        warm_caches(todo, results_dir, progress=progress, done=(), built=built)
     # workers may run elsewhere (another cwd, another machine on a shared filesystem)
     results_dir = Path(results_dir).absolute()
-    store = RunStore(results_dir)
-    summaries: list[dict[str, Any]] = []
-    tasks = []
-    for c in configs:  # finished runs are never dispatched (execute checks again under the lock)
-        if not force and store.is_done(c.run_id):
-            summaries.append({"run_id": c.run_id, "status": "skipped"})
-        else:
-            tasks.append(RunTask(c, str(results_dir), force))
-    results: Iterator[dict[str, Any]] = runner.map(execute, tasks) if tasks else iter(())
-    with tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",
-              disable=None if progress else True, dynamic_ncols=True) as bar:
+    todo_ids = {c.run_id for c in todo}
+    # finished runs are never dispatched (execute checks again under the lock)
+    summaries: list[dict[str, Any]] = [{"run_id": c.run_id, "status": "skipped"}
+                                       for c in configs if c.run_id not in todo_ids]
+    tasks = [RunTask(c, str(results_dir), force) for c in todo]
+    with _handing_over(built), tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",
+                                    disable=None if progress else True, dynamic_ncols=True) as bar:
+        results: Iterator[dict[str, Any]] = runner.map(execute, tasks) if tasks else iter(())
         for summary in results:
             summaries.append(summary)
             bar.set_postfix_str(f"{summary['run_id'][:40]} {summary['status']}")

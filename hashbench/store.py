@@ -10,11 +10,19 @@ Layout under a results folder::
 Writes go to a temporary file in the same folder and are renamed over the target, so a reader
 sees the old record or the new one, never a mix. Two processes on one folder coordinate with
 a per-run lock: the second sees the run as busy and skips it.
+
+A record is a :class:`RunRecord` (version :data:`RECORD_VERSION`; its JSON layout is described
+in results/README.md). It is written in one place, :meth:`RunStore.write`, and read in one
+place, :func:`load_record`: every reader (``read``, ``peek``, ``records``, ``snapshot``)
+validates it (:func:`check_record`) and brings a record of an older version up to date
+(:func:`migrate`). Tables and plots label and group runs from what the record stored (its
+:class:`RunLabel`), never from the defaults of the day they are drawn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -22,17 +30,36 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import HashbenchError
 
+#: the version of the record layout this hashbench writes; records without ``record_version``
+#: are version 0 (before the RunRecord schema) and are migrated when read (:func:`migrate`)
+RECORD_VERSION = 1
 RECORD_KEYS = ("run_id", "status", "config")
 STATUSES = ("done", "failed")
-#: the scalar metrics of a done record (means over queries); ``metrics.topk`` is K of mAP@K
-METRICS = ("map", "map_full", "map_tie_aware", "precision_h2", "recall_h2")
+#: THE metrics of a done record (means over queries), each with its name in plots and pages;
+#: ``metrics.topk`` is K of mAP@K. Every list of metric names in hashbench derives from this one.
+METRIC_LABELS = {
+    "map": "mAP@K",
+    "map_full": "mAP over the whole ranking",
+    "map_tie_aware": "tie-aware mAP over the whole ranking",
+    "precision_h2": "precision within Hamming radius 2",
+    "recall_h2": "recall within Hamming radius 2",
+}
+METRICS = tuple(METRIC_LABELS)
+#: what a done record's ``metrics`` holds: the metrics and K of mAP@K
+RECORD_METRICS = (*METRICS, "topk")
 #: the curves of a done record and the lists each holds (of equal length)
 CURVES = {"pr_curve": ("radius", "precision", "recall"), "precision_at_k": ("k", "precision")}
+#: method parameters that name a deep method's input (its backbone): a run's table column
+INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
+#: what a done record holds besides the keys of every record (absent from failed records)
+DONE_KEYS = ("metrics", "curves", "protocol", "splits", "features", "timings", "training")
 
 
 class RecordWarning(UserWarning):
@@ -41,6 +68,203 @@ class RecordWarning(UserWarning):
 
 class UnreadableRecord(Exception):
     """Raised internally when a record file is truncated, not JSON, or not a valid record."""
+
+
+# ----------------------------------------------------------------------------- the record
+
+def default_params(kind: str, name: str) -> dict[str, Any] | None:
+    """The parameters of the registered component ``name`` of ``kind`` at their defaults, as
+    JSON values (what a resolved config holds); None when no loaded plugin registers it."""
+    from .registry import registry
+
+    try:
+        defaults = registry(kind).get(name).default_params()
+    except HashbenchError:
+        return None
+    return json.loads(json.dumps(defaults, default=str))
+
+
+def changed_params(params: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The items of ``params`` that are not the same item of ``defaults``, sorted by key (all of
+    them when ``defaults`` is None: the component is not known)."""
+    return {k: v for k, v in sorted(params.items())
+            if defaults is None or k not in defaults or defaults[k] != v}
+
+
+def param_label(name: str, changed: Mapping[str, Any]) -> str:
+    """``name``, or ``name[k=v,...]`` listing ``changed`` in its order (values as Python prints them)."""
+    if not changed:
+        return name
+    return name + "[" + ",".join(f"{k}={v}" for k, v in changed.items()) + "]"
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What identifies a run in tables and plots, fixed when its record is made.
+
+    ``changed``: the method parameters that differ from the method's defaults when the record
+    was made; ``dataset_changed``: the same for the dataset. A default changed later never
+    relabels the record. ``ablation`` (stored in the record, derived from ``changed``): the
+    name of the ablation the run belongs to, the changed parameter when one differs, several
+    joined with "," in sorted order; None for a run at the method's defaults (the baseline of
+    every ablation of its method).
+    """
+
+    method: str
+    dataset: str
+    changed: dict[str, Any] = field(default_factory=dict)
+    dataset_changed: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> "RunLabel":
+        """The label of a resolved config (``RunConfig.to_dict()``) against the defaults of the
+        method and dataset registered NOW: call it when the run's record is made."""
+        return cls(config["method"], config["dataset"],
+                   changed_params(config.get("method_params") or {}, default_params("method", config["method"])),
+                   changed_params(config.get("dataset_params") or {},
+                                  default_params("dataset", config["dataset"])))
+
+    @property
+    def ablation(self) -> str | None:
+        return ",".join(sorted(self.changed)) or None
+
+    @property
+    def ablation_keys(self) -> tuple[str, ...]:
+        """The changed parameters' names, sorted (empty for a baseline run)."""
+        return tuple(sorted(self.changed))
+
+    def method_label(self) -> str:
+        """``nsh``, or ``nsh[positives=8,sorter=exact]`` listing the changed parameters."""
+        return param_label(self.method, self.changed)
+
+    def dataset_label(self) -> str:
+        """``fashion-mnist``, or ``fashion-mnist[split_seed=1]`` listing the changed parameters."""
+        return param_label(self.dataset, self.dataset_changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "dataset": self.dataset, "changed": dict(self.changed),
+                "dataset_changed": dict(self.dataset_changed), "ablation": self.ablation}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunLabel":
+        return cls(data["method"], data["dataset"], dict(data.get("changed") or {}),
+                   dict(data.get("dataset_changed") or {}))
+
+
+@dataclass(frozen=True)
+class RunRecord(Mapping):
+    """The record of one run (version :data:`RECORD_VERSION`), as stored in ``runs/<run_id>.json``.
+
+    Every record: ``run_id`` (the hash of ``config``), ``status`` ("done" or "failed"),
+    ``config`` (``RunConfig.to_dict()``), ``label`` (:class:`RunLabel`), ``error`` (None when
+    done), ``host``, ``started_at``/``finished_at`` (ISO 8601 UTC), ``seconds``, ``versions``
+    (package versions). A done record also has ``metrics`` (:data:`RECORD_METRICS`),
+    ``curves`` (:data:`CURVES`), ``protocol``, ``splits`` (sizes), ``features`` (how images
+    became features, or None), ``timings`` and ``training`` (the method's report); a failed
+    one its ``traceback`` (None when the process running it died or was interrupted).
+    ``extra``: keys this version does not know, kept as they were.
+
+    It is also a read-only mapping of its JSON form (``record["status"]``, ``record.get(...)``,
+    ``dict(record)``), for code written against the files.
+    """
+
+    run_id: str
+    status: str
+    config: dict[str, Any]
+    label: RunLabel
+    error: str | None = None
+    traceback: str | None = None
+    host: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    seconds: float | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    curves: dict[str, Any] | None = None
+    protocol: dict[str, Any] | None = None
+    splits: dict[str, int] | None = None
+    features: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
+    training: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    record_version: int = RECORD_VERSION
+
+    @classmethod
+    def new(cls, config: Mapping[str, Any], **fields: Any) -> "RunRecord":
+        """A record made now for the resolved ``config`` (``RunConfig.to_dict()``): its run id
+        and its label against today's defaults (:meth:`RunLabel.of`)."""
+        from .config import run_id_of
+
+        return cls(run_id=run_id_of(dict(config)), config=dict(config), label=RunLabel.of(config), **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: the keys of every record, then the done keys (done records) or the
+        traceback (failed ones), then ``extra``."""
+        out: dict[str, Any] = {"record_version": self.record_version, "run_id": self.run_id, "status": self.status,
+                               "config": self.config, "label": self.label.to_dict(), "error": self.error,
+                               "host": self.host, "started_at": self.started_at,
+                               "finished_at": self.finished_at, "seconds": self.seconds, "versions": self.versions}
+        if self.status == "failed" or self.traceback is not None:
+            out["traceback"] = self.traceback
+        for key in DONE_KEYS:
+            if self.status == "done" or getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
+        """The record of a JSON form of any version (an older one is migrated first, see
+        :func:`migrate`); not validated (:func:`load_record` is)."""
+        data = migrate(data)
+        known = {f.name for f in dataclasses.fields(cls)} - {"label", "extra"}
+        return cls(label=RunLabel.from_dict(data["label"]),
+                   extra={k: v for k, v in data.items() if k not in known and k != "label"},
+                   **{k: data[k] for k in known if k in data})
+
+    # a read-only mapping of the JSON form
+    def _json(self) -> dict[str, Any]:
+        view = self.__dict__.get("_json_view")
+        if view is None:
+            view = self.to_dict()
+            object.__setattr__(self, "_json_view", view)
+        return view
+
+    def __getitem__(self, key: str) -> Any:
+        return self._json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json())
+
+    def __len__(self) -> int:
+        return len(self._json())
+
+
+def as_record(record: RunRecord | Mapping[str, Any]) -> RunRecord:
+    """``record`` as a RunRecord: itself, or its JSON form migrated (not validated), e.g. a
+    record loaded with ``json.loads`` by a script."""
+    return record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
+
+
+def migrate(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's JSON form brought to :data:`RECORD_VERSION` (a new dict; ``data`` is left
+    as it is). A current one is returned as it is.
+
+    Version 0 (no ``record_version``: records written before the RunRecord schema) gains its
+    ``label``, derived from its own config. Such a record does not hold the defaults its run
+    had, so the rule is: ``changed`` holds the parameters that differ from the defaults of the
+    method (and dataset) registered when the record is migrated, as tables and plots labelled
+    it before (all of them when the method is not installed). ``hashbench migrate`` rewrites a
+    folder's records in the current version, which fixes their labels from then on.
+    """
+    version = data.get("record_version", 0)
+    if version == RECORD_VERSION:
+        return dict(data)
+    out = dict(data)
+    if version == 0:
+        out["label"] = RunLabel.of(data["config"]).to_dict()
+    out["record_version"] = RECORD_VERSION
+    return out
 
 
 def _number(value: Any) -> bool:
@@ -52,13 +276,35 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_label(label: Any, config: dict[str, Any]) -> str | None:
+    """Why ``label`` is not the label of ``config`` (None when it is)."""
+    if not isinstance(label, dict):
+        return "label is not a mapping"
+    for key in ("method", "dataset"):
+        if label.get(key) != config[key]:
+            return f"label.{key} {label.get(key)!r} is not config.{key}"
+    for key, params in (("changed", "method_params"), ("dataset_changed", "dataset_params")):
+        changed = label.get(key)
+        if not isinstance(changed, dict):
+            return f"label.{key} is not a mapping"
+        held = config.get(params, {})
+        if any(k not in held or held[k] != v for k, v in changed.items()):
+            return f"label.{key} holds values that are not in config.{params}"
+    if label.get("ablation") != (",".join(sorted(label["changed"])) or None):
+        return f"label.ablation {label.get('ablation')!r} does not name its changed parameters"
+    return None
+
+
 def check_record(data: Any, path: Path) -> dict[str, Any]:
     """``data`` if it is a valid run record stored at ``path``, else :class:`UnreadableRecord`
     saying why. The schema: ``run_id`` (the file's name, and the hash of ``config``), ``status``
     ("done" or "failed"), ``config`` (method, dataset, bits, seed and their parameter dicts); a
     done record has every metric of METRICS as a finite number, ``metrics.topk`` a whole
     number or null, and CURVES as lists of finite numbers of equal length; a failed one an
-    ``error`` text; ``seconds``, where present, a finite number >= 0 or null."""
+    ``error`` text; ``seconds``, where present, a finite number >= 0 or null. From version 1,
+    ``record_version`` (a whole number, at most :data:`RECORD_VERSION`) and ``label``, whose
+    method and dataset are the config's, whose changed values are the config's, and whose
+    ablation names its changed parameters. Version 0 has neither."""
     from .config import run_id_of
 
     def bad(why: str) -> None:
@@ -66,6 +312,11 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
 
     if not isinstance(data, dict) or any(k not in data for k in RECORD_KEYS):
         bad("not a hashbench run record (missing run_id, status or config)")
+    version = data.get("record_version", 0)
+    if not _whole(version) or version < 0:
+        bad(f"record_version {version!r} is not a whole number")
+    if version > RECORD_VERSION:
+        bad(f"record_version {version} is newer than this hashbench reads ({RECORD_VERSION}): upgrade hashbench")
     if data["run_id"] != path.stem:
         bad(f"its run_id {data['run_id']!r} is not its file name")
     if data["status"] not in STATUSES:
@@ -84,6 +335,10 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             bad(f"config.{key} is not a mapping")
     if run_id_of(config) != data["run_id"]:
         bad("its config does not hash to its run id (edited by hand?)")
+    if version >= 1:
+        why = _check_label(data.get("label"), config)
+        if why:
+            bad(why)
     seconds = data.get("seconds")
     if seconds is not None and not (_number(seconds) and seconds >= 0):
         bad(f"seconds is {seconds!r}, not a number >= 0")
@@ -111,12 +366,29 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def load_record(data: Any, path: Path) -> RunRecord:
+    """THE reader: the RunRecord of ``data`` (a record's parsed JSON) stored at ``path``,
+    validated (:func:`check_record`) and migrated to the current version (:func:`migrate`);
+    :class:`UnreadableRecord` saying why it is not a valid record."""
+    return RunRecord.from_dict(check_record(data, path))
+
+
+def _read_json(path: Path) -> RunRecord:
+    """The record in the file ``path`` (:func:`load_record`), or UnreadableRecord."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnreadableRecord(f"{type(exc).__name__}: {exc}") from None
-    return check_record(data, path)
+    return load_record(data, path)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes whenever the file is replaced or rewritten (inode, size, mtime); None if gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def is_record_file(path: Path) -> bool:
@@ -154,6 +426,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
+@dataclass
+class Snapshot:
+    """A results folder's records as read once (:meth:`RunStore.snapshot`): the valid ones by
+    run id, why each invalid one is unreadable, and each file's identity, so that
+    :meth:`RunStore.records` ``(since=...)`` re-reads only the files written since."""
+
+    records: dict[str, RunRecord] = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    @property
+    def done(self) -> frozenset[str]:
+        """The run ids with a valid record of status ``done``."""
+        return frozenset(run_id for run_id, rec in self.records.items() if rec.status == "done")
+
+
 class RunStore:
     """The run records of one results folder."""
 
@@ -187,7 +475,7 @@ class RunStore:
         os.replace(path, target)
         return target
 
-    def read(self, run_id: str) -> dict[str, Any] | None:
+    def read(self, run_id: str) -> RunRecord | None:
         """The record of ``run_id``, or None if there is none.
 
         An unreadable record is moved to ``runs/unreadable/`` (never deleted) with a
@@ -203,7 +491,7 @@ class RunStore:
             warnings.warn(f"unreadable record {path} ({exc}); moved to {target}", RecordWarning, stacklevel=2)
             return None
 
-    def peek(self, run_id: str) -> dict[str, Any] | None:
+    def peek(self, run_id: str) -> RunRecord | None:
         """The record of ``run_id`` if there is a readable one; reads only, moves nothing.
 
         An unreadable record gives a RecordWarning naming it, then None.
@@ -218,26 +506,58 @@ class RunStore:
             return None
 
     def is_done(self, run_id: str) -> bool:
-        """Whether a readable record with status ``done`` exists (reads only; moves nothing)."""
+        """Whether a readable record with status ``done`` exists (reads only; moves nothing).
+        To ask it of a whole grid, read the folder once: :meth:`snapshot` ``.done``."""
         path = self.path(run_id)
         try:
-            return path.exists() and _read_json(path).get("status") == "done"
+            return path.exists() and _read_json(path).status == "done"
         except UnreadableRecord:
             return False
 
-    def write(self, record: dict[str, Any]) -> Path:
-        """Store ``record`` atomically; a finished record it replaces goes to ``runs/superseded/``."""
-        path = self.path(record["run_id"])
+    def write(self, record: RunRecord | Mapping[str, Any]) -> Path:
+        """THE writer: store ``record`` atomically as JSON (a mapping is taken as a record's
+        JSON form, migrated if it is of an older version); a finished record it replaces goes to
+        ``runs/superseded/``, an unreadable one to ``runs/unreadable/``."""
+        record = as_record(record)
+        path = self.path(record.run_id)
         if path.exists():
             try:
                 previous = _read_json(path)
             except UnreadableRecord:
                 previous = None
                 self._move_aside(path, "unreadable")
-            if previous is not None and previous.get("status") == "done":
+            if previous is not None and previous.status == "done":
                 self._move_aside(path, "superseded")
-        atomic_write_json(path, record)
+        atomic_write_json(path, record.to_dict())
         return path
+
+    def migrate(self) -> dict[str, list[str]]:
+        """Rewrite, in place and atomically, every valid record of an older version in the
+        current one (:func:`migrate`: same run, same results; nothing goes to ``superseded``).
+        Returns the run ids ``migrated``, ``current`` (already in the current version),
+        ``busy`` (held by a running process: left as they are) and ``unreadable`` (left as
+        they are, with a RecordWarning each)."""
+        out: dict[str, list[str]] = {"migrated": [], "current": [], "busy": [], "unreadable": []}
+        if not self.runs_dir.is_dir():
+            raise HashbenchError(f"no run records in {self.results_dir}: {self.runs_dir} is not a folder")
+        for path in sorted(p for p in self.runs_dir.glob("*.json") if is_record_file(p)):
+            with self.claim(path.stem) as claimed:
+                if not claimed:
+                    out["busy"].append(path.stem)
+                    continue
+                try:
+                    data = json.loads(path.read_text())
+                    record = load_record(data, path)
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, UnreadableRecord) as exc:
+                    warnings.warn(f"unreadable record {path} ({exc}); left as it is", RecordWarning, stacklevel=2)
+                    out["unreadable"].append(path.stem)
+                    continue
+                if data.get("record_version", 0) == RECORD_VERSION:
+                    out["current"].append(path.stem)
+                    continue
+                atomic_write_json(path, record.to_dict())
+                out["migrated"].append(path.stem)
+        return out
 
     @contextlib.contextmanager
     def claim(self, run_id: str) -> Iterator[bool]:
@@ -259,7 +579,7 @@ class RunStore:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def existing_records(self) -> list[dict[str, Any]]:
+    def existing_records(self, since: Snapshot | None = None) -> list[RunRecord]:
         """:meth:`records`, for a command that reads a folder (``table``, ``plot``, ``report``):
         a one-line HashbenchError, and nothing created, when it holds no valid record."""
         if not self.runs_dir.is_dir():
@@ -267,16 +587,52 @@ class RunStore:
                 f"no run records in {self.results_dir}: {self.runs_dir} is not a folder "
                 "(`hashbench run` writes it; --results-dir names another folder)"
             )
-        records = self.records()
+        records = self.records(since)
         if not records:
             raise HashbenchError(f"no valid run records in {self.runs_dir}")
         return records
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every valid record, sorted by run id (one per run: a record is its file
-        ``<run-id>.json``); each unreadable or invalid one gives a RecordWarning and is skipped."""
+    def _files(self, run_ids: Iterable[str] | None = None) -> list[Path]:
+        if run_ids is not None:
+            return sorted(p for p in map(self.path, set(run_ids)) if p.exists())
+        return sorted(p for p in self.runs_dir.glob("*.json") if is_record_file(p))
+
+    def snapshot(self, run_ids: Iterable[str] | None = None) -> Snapshot:
+        """Read every record file (or those of ``run_ids``) once, quietly: the valid records,
+        why the others are unreadable (no warning: :meth:`read` and :meth:`records` give
+        those), and each file's identity. ``snapshot().done`` is the set of finished run ids
+        when a grid starts."""
+        snap = Snapshot()
+        for path in self._files(run_ids):
+            identity = _identity(path)
+            if identity is None:
+                continue  # removed since the listing
+            try:
+                snap.records[path.stem] = _read_json(path)
+            except UnreadableRecord as exc:
+                snap.unreadable[path.stem] = str(exc)
+            snap.identities[path.stem] = identity
+        return snap
+
+    def records(self, since: Snapshot | None = None, run_ids: Iterable[str] | None = None) -> list[RunRecord]:
+        """Every valid record (or those of ``run_ids`` that exist), sorted by run id (one per
+        run: a record is its file ``<run-id>.json``); each unreadable or invalid one gives a
+        RecordWarning and is skipped.
+
+        ``since``: a snapshot of this folder taken earlier in this process; a file that has not
+        changed since (same inode, size and modification time: every write renames a new file
+        in) is taken from it instead of being read again.
+        """
         out = []
-        for path in sorted(p for p in self.runs_dir.glob("*.json") if is_record_file(p)):
+        for path in self._files(run_ids):
+            stem = path.stem
+            if since is not None and stem in since.identities and _identity(path) == since.identities[stem]:
+                if stem in since.records:
+                    out.append(since.records[stem])
+                else:
+                    warnings.warn(f"unreadable record {path} ({since.unreadable[stem]}); skipped", RecordWarning,
+                                  stacklevel=2)
+                continue
             try:
                 out.append(_read_json(path))
             except UnreadableRecord as exc:

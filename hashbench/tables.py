@@ -2,11 +2,18 @@
 
 Published numbers (a protocol's ``published``) go in a separate, labelled column block and are
 never mixed with measured ones. Written as Markdown, CSV (long format) and LaTeX.
+
+A run's row and column come from what its record stored (:class:`hashbench.store.RunLabel`:
+the parameters that differed from the defaults when it ran), never from today's defaults, so
+changing a default relabels no old record. Runs that share a label but not their parameters (a
+default changed between them) are told apart by the parameters in which they differ.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,25 +21,14 @@ import pandas as pd
 
 from .errors import HashbenchError
 from .registry import registry
-from .store import METRICS, atomic_write_text
+from .store import INPUT_KEYS, METRICS, RunRecord, as_record, atomic_write_text, param_label
+
 FORMATS = ("md", "csv", "latex")
 SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
 MEASURED, PUBLISHED = "measured", "published"
 
 
-def _variant(name: str, params: dict[str, Any], kind: str) -> str:
-    """``name``, or ``name[k=v,...]`` listing the params that differ from today's defaults."""
-    try:
-        defaults = registry(kind).get(name).default_params()
-    except HashbenchError:
-        defaults = {}
-    changed = {k: v for k, v in sorted(params.items()) if k not in defaults or defaults[k] != v}
-    if not changed:
-        return name
-    return name + "[" + ",".join(f"{k}={v}" for k, v in changed.items()) + "]"
-
-
-def input_label(config: dict[str, Any]) -> str:
+def input_label(config: Mapping[str, Any]) -> str:
     """What a run's method saw, in a few words: the backbone behind a shallow method's features
     or inside a deep method ("tf_efficientnet_lite0 pretrained 64px", "pixels"); "" when the
     protocol itself gives feature vectors. Runs on the same input share table columns."""
@@ -43,7 +39,7 @@ def input_label(config: dict[str, Any]) -> str:
     return features_label(config.get("features", {}))
 
 
-def features_label(features: dict[str, Any]) -> str:
+def features_label(features: Mapping[str, Any]) -> str:
     """A FeatureSpec in a few words ("" for none)."""
     if not features:
         return ""
@@ -55,36 +51,89 @@ def features_label(features: dict[str, Any]) -> str:
     return f"{features['backbone']} {weights}" + (f" {size}px" if size else "")
 
 
-def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per finished run: method, dataset, bits, seed, metrics.
+def column_label(variant: str, config: Mapping[str, Any], without_input: bool = False) -> str:
+    """The table column of a run (its dataset variant and what its method saw); with
+    ``without_input``, a deep method's own input (backbone, weights, size, frozen) is left out,
+    for an ablation whose rows vary it."""
+    if without_input:
+        params = {k: v for k, v in config.get("method_params", {}).items() if k not in INPUT_KEYS}
+        config = {**config, "method_params": params}
+    label = input_label(config)
+    return f"{variant} ({label})" if label else variant
 
-    ``method`` and ``protocol_variant`` carry the parameters that differ from the defaults;
-    ``dataset`` adds how images became features, so different inputs never share a column.
+
+def _told_apart(labels: Sequence[str], params: Sequence[Mapping[str, Any]], changed: Sequence[Mapping[str, Any]],
+                names: Sequence[str], skip: Iterable[str] = ()) -> list[str]:
+    """``labels``, except that runs which share a label but differ in a parameter (not in
+    ``skip``) get that parameter listed too (``nsh[epochs=10]``, ``nsh[epochs=20]``)."""
+    skip = set(skip)
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    out = list(labels)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        def value(i: int, key: str) -> str | None:
+            return json.dumps(params[i][key], sort_keys=True) if key in params[i] else None
+
+        keys = sorted({k for i in members for k in params[i]} - skip)
+        differ = [k for k in keys if len({value(i, k) for i in members}) > 1]
+        if differ:
+            for i in members:
+                shown = {**changed[i], **{k: params[i].get(k) for k in differ}}
+                out[i] = param_label(names[i], dict(sorted(shown.items())))
+    return out
+
+
+def labelled_rows(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`record_row` of each record, with the labels told apart where runs share a label
+    but not their parameters (see the module doc): the rows of :func:`records_frame`, of the
+    plots and of the report."""
+    recs = [as_record(r) for r in records]
+    configs = [r.config for r in recs]
+    methods = _told_apart([r.label.method_label() for r in recs], [c.get("method_params", {}) for c in configs],
+                          [r.label.changed for r in recs], [r.label.method for r in recs], skip=INPUT_KEYS)
+    variants = _told_apart([r.label.dataset_label() for r in recs], [c.get("dataset_params", {}) for c in configs],
+                           [r.label.dataset_changed for r in recs], [r.label.dataset for r in recs])
+    return [record_row(r, m, v) for r, m, v in zip(recs, methods, variants)]
+
+
+def records_frame(records: Iterable[RunRecord | Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per finished run: method, dataset, bits, seed, metrics (:func:`labelled_rows`).
+
+    ``method`` and ``protocol_variant`` carry the parameters that differed from the defaults
+    when the run was made (its record's label); ``dataset`` adds how images became features, so
+    different inputs never share a column.
     """
-    rows = [record_row(rec) for rec in records if rec.get("status") == "done"]
-    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    done = [r for r in records if r.get("status") == "done"]
+    return pd.DataFrame(labelled_rows(done), columns=FRAME_COLUMNS)
 
 
-FRAME_COLUMNS = ["method", "dataset", "protocol_variant", "protocol", "bits", "seed", "run_id", "topk", *METRICS]
+FRAME_COLUMNS = ["method", "dataset", "protocol_variant", "protocol", "bits", "seed", "run_id", "topk", *METRICS,
+                 "base_method"]
 
 
-def record_row(rec: dict[str, Any]) -> dict[str, Any]:
+def record_row(rec: RunRecord | Mapping[str, Any], method: str | None = None,
+               variant: str | None = None) -> dict[str, Any]:
     """The row of :func:`records_frame` for one record, whatever its status (a failed run's
-    metrics are None)."""
-    cfg = rec["config"]
-    variant = _variant(cfg["dataset"], cfg.get("dataset_params", {}), "dataset")
-    label = input_label(cfg)
-    metrics = rec.get("metrics") or {}
+    metrics are None): ``method`` and ``protocol_variant`` are the labels its record stored
+    (unless given), ``base_method`` its method's name."""
+    rec = as_record(rec)
+    cfg = rec.config
+    variant = variant if variant is not None else rec.label.dataset_label()
+    metrics = rec.metrics or {}
     return {
-        "method": _variant(cfg["method"], cfg.get("method_params", {}), "method"),
-        "dataset": f"{variant} ({label})" if label else variant,
+        "method": method if method is not None else rec.label.method_label(),
+        "dataset": column_label(variant, cfg),
         "protocol_variant": variant,
         "protocol": cfg["dataset"],
         "bits": int(cfg["bits"]),
         "seed": int(cfg["seed"]),
-        "run_id": rec["run_id"],
+        "run_id": rec.run_id,
         "topk": metrics.get("topk"),
         **{m: metrics.get(m) for m in METRICS},
+        "base_method": cfg["method"],
     }
 
 

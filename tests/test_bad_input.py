@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pytest
@@ -320,8 +320,8 @@ def test_a_leftover_temporary_file_is_never_a_record(finished, cli):
     assert len(RunStore(results).records()) == 3
 
 
-def _corrupt(record: dict[str, Any], how: str) -> dict[str, Any]:
-    record = json.loads(json.dumps(record))
+def _corrupt(record: Mapping[str, Any], how: str) -> dict[str, Any]:
+    record = json.loads(json.dumps(dict(record)))  # a RunRecord is a mapping of its JSON form
     if how == "null metric":
         record["metrics"]["map"] = None
     elif how == "NaN metric":

@@ -18,7 +18,6 @@ from hashbench.cli import main
 from hashbench.errors import HashbenchError
 from hashbench.plots import (
     ablations_from_records,
-    ablations_from_tables,
     mean_curves,
     metric_by_bits,
     shown_methods,
@@ -114,44 +113,63 @@ def test_metric_against_bits_is_the_tables_mean_and_std(results, tmp_path):
         assert row.n == table.loc[(row.method, row.bits), "n"]
 
 
-def test_ablation_data_from_its_table_and_from_records(results, tmp_path):
+def test_ablation_data_from_the_records(results):
+    """The ablation figure's data come from the records alone (no table file is read back): the
+    runs that change iterations, and itq's baseline runs as the default setting; its cells are
+    the numbers of the table `hashbench ablate` wrote for the same runs."""
     records = load_records(results)
-    (ablation,) = ablations_from_tables(results / "tables")
+    default = registry("method").get("itq").default_params()["iterations"]
+    (ablation,) = ablations_from_records(records)
     assert (ablation.name, ablation.method, ablation.keys) == ("ablation-itq-iterations", "itq", ["iterations"])
-    assert ablation.settings == ["iterations=0", "iterations=5"] and ablation.numeric()
+    assert ablation.source == "records" and ablation.numeric()
+    assert ablation.settings == sorted({"iterations=0", "iterations=5", f"iterations={default}"},
+                                       key=lambda s: int(s.partition("=")[2]))
+    assert ablation.defaults == {f"iterations={default}"}  # the baseline runs, as their records say
     assert ablation.columns == [("digits", 16)]
-    for setting, iterations in (("iterations=0", 0), ("iterations=5", 5)):
+    for setting, iterations in (("iterations=0", 0), ("iterations=5", 5), (f"iterations={default}", default)):
         maps = [r["metrics"]["map"] for r in records if r["config"]["method"] == "itq"
                 and r["config"]["bits"] == 16 and r["config"]["method_params"]["iterations"] == iterations]
         cell = ablation.cells[setting, "digits", 16]
         assert cell["n"] == 2
         assert cell["mean"] == pytest.approx(np.mean(maps)) and cell["std"] == pytest.approx(np.std(maps, ddof=1))
-    assert ablations_from_tables(results / "tables", "map_full") == []  # written for map only
-    # without the table, the records alone give the same rows plus the default setting
-    default = registry("method").get("itq").default_params()["iterations"]
-    (recovered,) = ablations_from_records(records)
-    assert recovered.name == "ablation-itq-iterations" and recovered.source == "records"
-    assert recovered.settings == sorted({"iterations=0", "iterations=5", f"iterations={default}"},
-                                        key=lambda s: int(s.partition("=")[2]))
-    assert recovered.defaults == {f"iterations={default}"}
-    for setting in ablation.settings:
-        assert recovered.cells[setting, "digits", 16]["mean"] == pytest.approx(ablation.cells[setting, "digits", 16]["mean"])
+    table = pd.read_csv(results / "tables" / "ablation-itq-iterations.csv")
+    for row in table.itertuples(index=False):
+        cell = ablation.cells[row.setting, row.dataset, row.bits]
+        assert (cell["n"], cell["mean"], cell["std"]) == (row.n, pytest.approx(row.mean), pytest.approx(row.std))
+    (full,) = ablations_from_records(records, "map_full")
+    assert full.name == "ablation-itq-iterations-map_full"
     assert ablations_from_records(records, covered={("itq", "iterations")}) == []
 
 
-def test_baseline_survives_a_changed_default(results):
-    """Records made before a default changed all carry that change (``nsh[epochs=20]``): it is
-    still the method's baseline, and its variants still go to the ablation."""
+def test_labels_are_what_the_records_stored(results, monkeypatch):
+    """A default changed after the runs relabels nothing: rows, curves and ablations come from
+    what each record stored when it ran."""
+    records = load_records(results)
+    before = (mean_curves(records, "pr"), ablations_from_records(records))
+    itq = registry("method").get("itq")
+    monkeypatch.setattr(itq, "default_params", classmethod(lambda cls: {"iterations": 5}))
+    pr, (ablation,) = mean_curves(records, "pr"), ablations_from_records(records)
+    assert set(pr["digits", 16]) == set(before[0]["digits", 16]) == {"lsh", "itq", "itq[iterations=0]",
+                                                                      "itq[iterations=5]"}
+    assert ablation.settings == before[1][0].settings and ablation.defaults == before[1][0].defaults
+
+
+def test_baseline_survives_a_change_all_runs_share(results):
+    """Records that all carry one change (e.g. every run made with ``--set nsh.epochs=20``):
+    that is still the method's baseline, and its variants still go to the ablation."""
     assert shown_methods(["nsh[epochs=20]", "nsh[epochs=20,sorter=exact]", "itq", "itq[iterations=5]",
                           "wch[heads=1]", "wch[heads=2]"]) == ["itq", "nsh[epochs=20]", "wch[heads=1]", "wch[heads=2]"]
     records = load_records(results)
     for record in records:
-        if record["config"]["method"] == "itq":
-            record["config"]["method_params"]["centered"] = True  # not a field today: a change all share
+        if record["config"]["method"] == "itq":  # as if itq had been run with centered=True throughout
+            record["config"]["method_params"]["centered"] = True
+            changed = {**record["label"]["changed"], "centered": True}
+            record["label"].update(changed=changed, ablation=",".join(sorted(changed)))
     pr = mean_curves(records, "pr")
     assert shown_methods(pr["digits", 16]) == ["itq[centered=True]", "lsh"]
     (recovered,) = ablations_from_records(records)
     default = registry("method").get("itq").default_params()["iterations"]
+    assert recovered.keys == ["iterations"]
     assert set(recovered.settings) == {"iterations=0", "iterations=5", f"iterations={default}"}
     assert recovered.cells[f"iterations={default}", "digits", 16]["n"] == 2
 
