@@ -42,3 +42,25 @@ def test_deep_method_example_trains_through_the_shared_loop(with_plugin, tmp_pat
     log = method.report()
     assert set(log["epochs"][-1]["terms"]) == {"nt_xent", "quantization"}
     assert method.term_weights() == {"quantization": 0.5}
+
+
+def test_executor_example_brings_its_option(with_plugin, monkeypatch, cli, capsys, tmp_path):
+    """The executor of docs/plugins.md: its --shuffle-seed is in run --help and runs the grid."""
+    import pytest
+
+    from hashbench.cli import main
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+                 if "register_executors" in b)
+    module = types.ModuleType("serial_shuffled_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
+    exec(compile(block, str(DOC), "exec"), module.__dict__)
+    with_plugin(register_executors=module.register_executors)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--shuffle-seed N executor serial-shuffled: seed of the order the runs go in (>= 0; default 0)" in help_text
+    code, _, err = cli("run", "--methods", "lsh,itq", "--datasets", "digits", "--bits", "8", "--seeds", "0",
+                       "--executor", "serial-shuffled", "--shuffle-seed", "3", "--no-progress", "--no-table",
+                       "--results-dir", str(tmp_path))
+    assert code == 0 and "hashbench: 2 done" in err, err
