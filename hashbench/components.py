@@ -238,6 +238,9 @@ class Executor(Component):
     """Runs a function over tasks (see ``register_executors``)."""
 
     kind: ClassVar[str] = "executor"
+    #: command-line flags of Config fields that are not ``--<field-with-dashes>``: field ->
+    #: ``"--flag"``, or None to keep the field to experiment files (``hashbench.cli.executor_flags``)
+    cli_options: ClassVar[dict[str, str | None]] = {}
 
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
         raise NotImplementedError

@@ -82,8 +82,13 @@ def register_executors() -> list[type]:
     """Return executors: subclasses of :class:`hashbench.components.Executor`.
 
     An executor is built as ``cls(**params)``; ``map(fn, tasks)`` applies a picklable function to
-    each task and yields the results as they finish, in any order. ``fn`` writes the run record
-    itself, so every executor produces the same records.
+    each task and yields the results as they finish, in any order, each exactly once. ``fn``
+    writes the run record itself, so every executor produces the same records.
+
+    Every field of its ``Config`` is a command-line option of ``run`` and ``ablate``,
+    ``--<field-with-dashes>``, whose help is the field's :func:`hashbench.params.param` doc and
+    limits; the class attribute ``cli_options`` (a dict, field -> ``"--flag"``, or None for no
+    flag) names another (see :func:`hashbench.cli.executor_flags`).
     """
 
 
