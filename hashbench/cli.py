@@ -272,7 +272,9 @@ def _add_executor_options(parser: argparse.ArgumentParser) -> None:
         if action.dest == "executor":
             action.help = (f"executor name: {', '.join(registry('executor').names())} (default: local; "
                            "hashbench list executors)")
+    # the command's own flags and destinations, its set_defaults (func) and the subcommand's dest
     taken = {dest for action in parser._actions for dest in (action.dest, *action.option_strings)}
+    taken |= set(parser._defaults) | {"command"}
     group = parser.add_argument_group(
         "executor options", "set a parameter of the executor that runs the grid (over the experiment "
         "file's executor_params); each executor declares its own")

@@ -458,6 +458,7 @@ def test_a_plugin_executor_brings_its_own_options(with_plugin, cli, tmp_path, ca
 @pytest.mark.parametrize("cli_options, message", [
     ({}, "executor clashy: option --seeds clashes with an option of hashbench run; "
          "name another flag in the executor's cli_options"),
+    ({"seeds": "--func"}, "executor clashy: option --func clashes with an option of hashbench run"),
     ({"sedes": "--x"}, "executor clashy: cli_options names 'sedes', which is not a Config field (fields: seeds)"),
     ({"seeds": "-s"}, "executor clashy: cli_options gives 'seeds' the flag '-s'; a flag is '--lower-case-words'"),
 ])
