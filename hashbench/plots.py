@@ -258,8 +258,15 @@ def _ablation_of(method: str, keys: list[str], recs: list[RunRecord], base: list
     if len(by_value) < 2:
         return []
     baseline = {id(r) for r in base}
+    numeric = all(_sort_key(v)[0] == 0 for value, _ in by_value.values() for v in value)
+
+    def order(item: tuple[tuple[Any, ...], list[RunRecord]]) -> tuple[bool, list[tuple[int, Any]]]:
+        """Numbers in ascending order; other settings after the baseline's, sorted."""
+        first = numeric or any(id(rec) in baseline for rec in item[1])
+        return not first, [_sort_key(v) for v in item[0]]
+
     settings, values, cells, defaults = [], {}, {}, set()
-    for value, group in sorted(by_value.values(), key=lambda item: [_sort_key(v) for v in item[0]]):
+    for value, group in sorted(by_value.values(), key=order):
         label = ", ".join(f"{k}={_show(v)}" for k, v in zip(keys, value))
         settings.append(label)
         values[label] = dict(zip(keys, value))
