@@ -42,6 +42,7 @@ from .tables import (
     wide_table,
     write_formats,
 )
+
 GRID_FLAGS = {"bits": "--bits", "seed": "--seeds", "seeds": "--seeds", "dataset": "--datasets",
               "datasets": "--datasets", "method": "the METHOD argument"}
 

@@ -45,7 +45,7 @@ class FeatureSpec:
             raise HashbenchError(f"input size must be between 8 and 2048 pixels, got {self.input_size}")
 
     @classmethod
-    def resolve(cls, params: dict[str, Any]) -> "FeatureSpec":
+    def resolve(cls, params: dict[str, Any]) -> FeatureSpec:
         """Build from plain data (experiment file / CLI), with one-line errors; checks the name."""
         spec = build_config(cls, params, "features")
         if spec.backbone is not None:

@@ -49,7 +49,13 @@ import pandas as pd
 
 from .errors import HashbenchError
 from .store import INPUT_KEYS, METRIC_LABELS, RunRecord, as_record, atomic_write_bytes
-from .tables import check_metric, column_label, labelled_rows, records_frame, summary_frame
+from .tables import (
+    check_metric,
+    column_label,
+    labelled_rows,
+    records_frame,
+    summary_frame,
+)
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 DEFAULT_FORMATS = ("png", "pdf")

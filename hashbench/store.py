@@ -30,10 +30,10 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import HashbenchError
 
@@ -116,7 +116,7 @@ class RunLabel:
     dataset_changed: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> "RunLabel":
+    def of(cls, config: Mapping[str, Any]) -> RunLabel:
         """The label of a resolved config (``RunConfig.to_dict()``) against the defaults of the
         method and dataset registered NOW: call it when the run's record is made."""
         return cls(config["method"], config["dataset"],
@@ -146,7 +146,7 @@ class RunLabel:
                 "dataset_changed": dict(self.dataset_changed), "ablation": self.ablation}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunLabel":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunLabel:
         return cls(data["method"], data["dataset"], dict(data.get("changed") or {}),
                    dict(data.get("dataset_changed") or {}))
 
@@ -190,7 +190,7 @@ class RunRecord(Mapping):
     record_version: int = RECORD_VERSION
 
     @classmethod
-    def new(cls, config: Mapping[str, Any], **fields: Any) -> "RunRecord":
+    def new(cls, config: Mapping[str, Any], **fields: Any) -> RunRecord:
         """A record made now for the resolved ``config`` (``RunConfig.to_dict()``): its run id
         and its label against today's defaults (:meth:`RunLabel.of`)."""
         from .config import run_id_of
@@ -213,7 +213,7 @@ class RunRecord(Mapping):
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         """The record of a JSON form of any version (an older one is migrated first, see
         :func:`migrate`); not validated (:func:`load_record` is)."""
         data = migrate(data)
@@ -247,8 +247,8 @@ def as_record(record: RunRecord | Mapping[str, Any]) -> RunRecord:
 
 
 def migrate(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A record's JSON form brought to :data:`RECORD_VERSION` (a new dict; ``data`` is left
-    as it is). A current one is returned as it is.
+    """A record's JSON form brought to :data:`RECORD_VERSION`, as a new dict (``data`` is left
+    as it is; a current one is copied unchanged).
 
     Version 0 (no ``record_version``: records written before the RunRecord schema) gains its
     ``label``, derived from its own config. Such a record does not hold the defaults its run

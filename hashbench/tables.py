@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from .errors import HashbenchError
 from .registry import registry
-from .store import INPUT_KEYS, METRICS, RunRecord, as_record, atomic_write_text, param_label
+from .store import (
+    INPUT_KEYS,
+    METRICS,
+    RunRecord,
+    as_record,
+    atomic_write_text,
+    param_label,
+)
 
 FORMATS = ("md", "csv", "latex")
 SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
