@@ -35,13 +35,15 @@
 The parts (checkpoint, batch sources, model selection, mixed precision) are in
 :mod:`hashbench.trainparts`; :class:`Trainer` puts them together and runs the epoch loop.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +56,19 @@ from .evaluate import map_at_k, pack_codes
 from .losses import weighted_sum
 from .registry import create
 from .trainconfig import TrainConfig, check_config
-from .trainparts import (CHECKPOINT, CHECKPOINT_FORMAT, HEAD_STREAM, TORCH_STREAM, Amp, BankBatches,
-                         Checkpoint, LiveBatches, Selection, config_hash, module_state)
+from .trainparts import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    HEAD_STREAM,
+    TORCH_STREAM,
+    Amp,
+    BankBatches,
+    Checkpoint,
+    LiveBatches,
+    Selection,
+    config_hash,
+    module_state,
+)
 
 __all__ = ["CHECKPOINT", "CHECKPOINT_FORMAT", "TrainConfig", "TrainState", "Trainer", "cache_reads",
            "check_config", "config_hash", "encode", "fit", "hash_features"]

@@ -39,7 +39,7 @@ class TrainConfig:
     frozen: bool = param(True, doc="keep the backbone fixed (its outputs are cached; the view bank needs it)")
     augment: str = param("light", registered="augmentation",
                          doc="augmentation recipe of the two views (hashbench list augmentations)")
-    bank_views: int = param(8, ge=0, doc="frozen backbone: cached outputs of this many views per image, "
+    bank_views: int = param(8, ge=0, doc="frozen backbone: cached outputs of this many views (0 or >= 2) per image, "
                                          "two sampled per epoch; 0 = augment at every step")
     epochs: int = param(10, ge=1, doc="training epochs")
     batch_size: int = param(64, ge=2, doc="images per step; N // batch_size steps per epoch (1 when N < batch_size)")
