@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("kind", nargs="?", help="methods, datasets, backbones, sorters, losses, executors")
+    lst.add_argument("kind", nargs="?", help=f"the kind of component: {', '.join(PLURAL.values())}")
     lst.add_argument("--pattern", default="*", help="fnmatch pattern on names, e.g. '*h'")
     lst.add_argument("--params", action="store_true",
                      help="also each parameter: type, default, limits and doc")
