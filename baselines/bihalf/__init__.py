@@ -49,7 +49,7 @@ class BiHalf(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        gamma: float = param(6.0, ge=0, doc="weight of the similarity-preservation term")
+        gamma: float = param(6.0, ge=0, doc="scale of the (h - b) / (N * bits) term of the backward (pulls h toward its code)")
         pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 
     def build_head(self, feature_dim: int) -> Any:
