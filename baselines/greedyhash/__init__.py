@@ -50,8 +50,8 @@ class GreedyHash(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        alpha: float = param(0.1, ge=0, doc="weight of the quantization penalty |h|^power")
-        power: float = param(3.0, gt=0, doc="exponent of the quantization penalty")
+        alpha: float = param(0.1, ge=0, doc="weight of cubic_penalty = mean(| |h| - 1 |^power)")
+        power: float = param(3.0, gt=0, doc="exponent of cubic_penalty")
         pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 
     def build_head(self, feature_dim: int) -> Any:
