@@ -69,11 +69,10 @@ from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.errors import HashbenchError
 from hashbench.params import param
 
+from .options import TARGET_NORMALIZATIONS
+
 #: the names of the objective's terms
 TERMS = ("weighted_ce", "balance", "magnitude")
-#: how the softmaxed targets A are divided by their diagonal: "column" = the released code's
-#: ``A / diag(A)`` broadcast, W[n, m] = A[n, m] / A[m, m]; "row" = W[n, m] = A[n, m] / A[n, n]
-TARGET_NORMALIZATIONS = ("column", "row")
 
 
 class WCH(DeepHashMethod):

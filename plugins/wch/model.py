@@ -19,7 +19,7 @@ from torch import nn
 
 from hashbench.layers import sign_ste
 
-from . import TARGET_NORMALIZATIONS
+from .options import TARGET_NORMALIZATIONS
 
 #: bytes of one float32 similarity
 _FLOAT32 = 4
