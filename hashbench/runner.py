@@ -251,22 +251,16 @@ def record_lost_run(task: RunTask, error: str, started_at: str | None = None,
         time.sleep(0.1)
 
 
-def done_run_ids(configs: Sequence[RunConfig], results_dir: str | Path) -> frozenset[str]:
-    """The run ids of ``configs`` that have a finished record in ``results_dir``, each record
-    read once (a caller that reads the whole folder anyway passes ``RunStore.snapshot().done``
-    to the functions below instead)."""
-    store = RunStore(results_dir)
-    return frozenset(store.snapshot(c.run_id for c in configs).done)
-
-
 def pending(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
             done: Iterable[str] | None = None) -> list[RunConfig]:
     """The configs still to run, in order: all of them with ``force``; else those whose run id
-    is not in ``done`` (the finished run ids; read from ``results_dir`` when None)."""
+    is not in ``done`` (the finished run ids; when None, read from ``results_dir``, each grid
+    record once)."""
     if force:
         return list(configs)
-    done = done_run_ids(configs, results_dir) if done is None else frozenset(done)
-    return [c for c in configs if c.run_id not in done]
+    ids = [c.run_id for c in configs]  # once each: a run id hashes the whole config
+    done = RunStore(results_dir).snapshot(ids).done if done is None else frozenset(done)
+    return [c for c, run_id in zip(configs, ids) if run_id not in done]
 
 
 def preflight(configs: Sequence[RunConfig], results_dir: str | Path, force: bool = False,
@@ -383,16 +377,19 @@ def run_grid(
     from tqdm import tqdm
 
     runner = create("executor", executor, **(executor_params or {}))
-    todo = pending(configs, results_dir, force, done)
+    ids = [c.run_id for c in configs]  # once each: a run id hashes the whole config
+    if not force and done is None:
+        done = RunStore(results_dir).snapshot(ids).done
+    finished = frozenset() if force else frozenset(done or ())
+    todo = [c for c, run_id in zip(configs, ids) if run_id not in finished]
     built: dict[str, Any] = {}
     if warm:
         warm_caches(todo, results_dir, progress=progress, done=(), built=built)
     # workers may run elsewhere (another cwd, another machine on a shared filesystem)
     results_dir = Path(results_dir).absolute()
-    todo_ids = {c.run_id for c in todo}
     # finished runs are never dispatched (execute checks again under the lock)
-    summaries: list[dict[str, Any]] = [{"run_id": c.run_id, "status": "skipped"}
-                                       for c in configs if c.run_id not in todo_ids]
+    summaries: list[dict[str, Any]] = [{"run_id": run_id, "status": "skipped"} for run_id in ids
+                                       if run_id in finished]
     tasks = [RunTask(c, str(results_dir), force) for c in todo]
     with _handing_over(built), tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",
                                     disable=None if progress else True, dynamic_ncols=True) as bar:
