@@ -148,6 +148,34 @@ def test_runs_that_share_a_label_but_not_their_parameters_are_told_apart(record_
     assert sorted(set(records_frame(records[:2])["method"])) == ["itq"]  # alone: the stored label
 
 
+def test_the_reference_results_report_the_same_from_their_records(tmp_path):
+    """The committed reference records (migrated to version 1) give the committed comparison
+    table, and each committed ablation table's cells, from their stored labels alone."""
+    import pandas as pd
+
+    from hashbench.plots import ablations_from_records
+    from hashbench.tables import write_tables
+
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference"
+    if not (reference / "runs").is_dir():
+        pytest.skip("no reference results in this tree")
+    records = RunStore(reference).records()
+    write_tables(records, tmp_path, "map", ["md", "csv"])
+    for name in ("map.md", "map.csv"):
+        assert (tmp_path / name).read_text() == (reference / "tables" / name).read_text()
+    ablations = {a.name: a for a in ablations_from_records(records)}
+    tables = sorted((reference / "tables").glob("ablation-*.csv"))
+    assert sorted(ablations) == [p.stem for p in tables]
+    for path in tables:
+        ablation = ablations[path.stem]
+        table = pd.read_csv(path, dtype={"setting": str})
+        assert set(ablation.settings) == set(table["setting"])
+        for row in table.itertuples(index=False):
+            cell = ablation.cells[row.setting, row.dataset, row.bits]
+            assert (cell["n"], cell["best"]) == (row.n, row.best)
+            assert cell["mean"] == pytest.approx(row.mean, rel=1e-12) and cell["std"] == pytest.approx(row.std)
+
+
 # ----------------------------------------------------------------------------- once per grid
 
 class Reader(HashMethod):
