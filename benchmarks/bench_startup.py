@@ -26,7 +26,7 @@ reference records, 81-run default grid all done:
 wall, median of 7-9                    0.72 s / 0.68 s             0.68 s
 record reads, no-op run                393 (3 x 81 + 150)          150
 small grid, 4 pending: methods built   6                           4
-small grid, 4 pending: backbones built 5                           3 (2: each deep run's own)
+small grid, 4 pending: backbones built 5                           1
 small grid again, all done: reads      16                          4
 =====================================  ==========================  ==========================
 

@@ -4,7 +4,8 @@
 
 * Config: the method's :class:`hashbench.trainconfig.TrainConfig` (limits checked when the
   method is built; :func:`check_config`).
-* Backbone ``create("backbone", cfg.backbone, pretrained=, input_size=, frozen=)``; head
+* Backbone ``create("backbone", cfg.backbone, pretrained=, input_size=, frozen=False)``, or when
+  frozen the process's shared :func:`hashbench.features.frozen_backbone` (built once); head
   ``method.build_head(dim)`` (dim: ``feature_dim``, or ``token_dim`` for ``backbone_output =
   "tokens"``), initialized under ``torch.manual_seed`` derived from the run seed; the registered
   optimizer ``cfg.optimizer`` (:mod:`hashbench.optim`; adam, sgd with momentum 0.9, ...) over
@@ -53,6 +54,7 @@ from .augment import Augmenter, derive_seed
 from .components import Split
 from .errors import HashbenchError
 from .evaluate import map_at_k, pack_codes
+from .features import frozen_backbone
 from .losses import weighted_sum
 from .registry import create
 from .trainconfig import TrainConfig, check_config
@@ -171,8 +173,11 @@ class Trainer:
         if len(train) < 2:
             raise HashbenchError(f"method {method.name}: training needs at least 2 images, got {len(train)}")
         self.train, self.val = train, (val if val is not None and len(val) > 0 else None)
-        self.backbone = create("backbone", self.cfg.backbone, pretrained=self.cfg.pretrained,
-                               input_size=self.cfg.input_size, frozen=self.cfg.frozen)
+        if self.cfg.frozen:  # shared by the grid's preflight, cache warm-up and runs in this process
+            self.backbone = frozen_backbone(self.cfg.backbone, self.cfg.pretrained, self.cfg.input_size)
+        else:
+            self.backbone = create("backbone", self.cfg.backbone, pretrained=self.cfg.pretrained,
+                                   input_size=self.cfg.input_size, frozen=False)
         self.device, self.output = self.backbone.device, method.backbone_output
         self.digests = {"train": banks.content_hash(train.x),
                         "val": banks.content_hash(self.val.x) if self.val is not None else None}
