@@ -13,6 +13,7 @@ import pytest
 from hashbench import hookimpl
 from hashbench import registry as registry_module
 from hashbench.cli import main
+from hashbench.components import Protocol, Split, Splits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; see hashbench.cli.main
@@ -90,6 +91,44 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class TinyImages(Protocol):
+    """4 classes x 30 8x8 grey images, class c bright in quadrant c plus noise: query 5, val 5,
+    database 20 per class, train every other database image (test only)."""
+
+    name = "tiny-images"
+    summary = "8x8 quadrant images (test only)"
+    provides = ("images",)
+    num_classes = 4
+
+    @dataclass(frozen=True)
+    class Config:
+        split_seed: int = 0
+
+    def fingerprint(self) -> str:
+        return "tiny-v1"
+
+    def load(self):
+        rng = np.random.default_rng(self.config.split_seed)
+        y = np.repeat(np.arange(4), 30)
+        x = rng.integers(0, 60, size=(len(y), 8, 8)).astype(np.uint8)
+        for c in range(4):
+            r, q = divmod(c, 2)
+            x[y == c, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 180
+        ids, pos = np.arange(len(y)), np.tile(np.arange(30), 4)
+
+        def split(sel):
+            return Split(x=x[sel], labels=y[sel], index=ids[sel])
+
+        return Splits(train=split(ids[pos >= 10][::2]), val=split(ids[(pos >= 5) & (pos < 10)]),
+                      query=split(ids[pos < 5]), database=split(ids[pos >= 10]))
+
+
+@pytest.fixture
+def tiny_images() -> type:
+    """The test image protocol "tiny-images" (:class:`TinyImages`; register it with ``with_plugin``)."""
+    return TinyImages
 
 
 @dataclass

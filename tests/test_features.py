@@ -9,49 +9,17 @@ import numpy as np
 import pytest
 
 import hashbench
-from hashbench.components import Protocol, Split, Splits
+from hashbench.components import Splits
 from hashbench.config import Experiment
 from hashbench.errors import HashbenchError
 from hashbench.features import FeatureSpec, feature_splits
 from hashbench.runner import run_grid
 
 
-class TinyImages(Protocol):
-    """4 classes of 8x8 grey images: class c is bright in quadrant c, plus noise."""
-
-    name = "tiny-images"
-    summary = "8x8 quadrant images (test only)"
-    provides = ("images",)
-    num_classes = 4
-
-    @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
-
-    def fingerprint(self) -> str:
-        return "tiny-v1"
-
-    def load(self):
-        rng = np.random.default_rng(self.config.split_seed)
-        y = np.repeat(np.arange(4), 30)
-        x = rng.integers(0, 60, size=(len(y), 8, 8)).astype(np.uint8)
-        for c in range(4):
-            r, q = divmod(c, 2)
-            x[y == c, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 180
-        ids = np.arange(len(y))
-        pos = np.tile(np.arange(30), 4)
-
-        def split(sel):
-            return Split(x=x[sel], labels=y[sel], index=ids[sel])
-
-        return Splits(train=split(ids[pos >= 10][::2]), val=split(ids[(pos >= 5) & (pos < 10)]),
-                      query=split(ids[pos < 5]), database=split(ids[pos >= 10]))
-
-
 @pytest.fixture
-def plugins(with_plugin, monkeypatch):
+def plugins(with_plugin, monkeypatch, tiny_images):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return with_plugin(register_datasets=lambda: [TinyImages])
+    return with_plugin(register_datasets=lambda: [tiny_images])
 
 
 #: a small random-weight timm model: cheap, and real
@@ -159,8 +127,8 @@ def test_offline_pretrained_backbone_fails_at_once(plugins, cli, tmp_path, monke
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
 
 
-def test_preflight_refuses_a_leaking_protocol_before_any_run(with_plugin, cli, tmp_path, one_line_error):
-    class Leaky(TinyImages):
+def test_preflight_refuses_a_leaking_protocol_before_any_run(with_plugin, cli, tmp_path, one_line_error, tiny_images):
+    class Leaky(tiny_images):
         name = "leaky-images"
 
         def load(self):
@@ -183,7 +151,7 @@ def test_preflight_checks_a_deep_methods_backbone(plugins, cli, tmp_path, monkey
     assert "backbone resnet18: no pretrained weights available offline" in one_line_error(err)
 
 
-def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, with_plugin, tmp_path, monkeypatch):
+def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, with_plugin, tmp_path, monkeypatch, tiny_images):
     """A shallow method on backbone features and a deep method on tokens of the same backbone:
     each split gets one backbone pass for both kinds; the runs then compute nothing."""
     import torch
@@ -215,7 +183,7 @@ def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, w
         def hash_codes(self, head, f):
             return head(f.mean(1)) >= 0
 
-    with_plugin("both", register_datasets=lambda: [TinyImages], register_methods=lambda: [TokenHead])
+    with_plugin("both", register_datasets=lambda: [tiny_images], register_methods=lambda: [TokenHead])
     passes = []
     real = TimmBackbone.outputs
     monkeypatch.setattr(TimmBackbone, "outputs",  # passes over more than one image (not shape probes)

@@ -11,11 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hashbench import registry as registry_module
-from hashbench.components import HashMethod, Protocol, Split, Splits
+from hashbench.components import HashMethod
 from hashbench.config import Experiment
 from hashbench.registry import registry
 from hashbench.store import (
@@ -203,37 +202,6 @@ class Reader(HashMethod):
         return x @ self.w >= 0
 
 
-class Squares(Protocol):
-    """4 classes of 8x8 grey images, bright in one quadrant each (test only)."""
-
-    name = "squares"
-    summary = "8x8 quadrant images (test only)"
-    provides = ("images",)
-    num_classes = 4
-
-    @dataclass(frozen=True)
-    class Config:
-        split_seed: int = 0
-
-    def fingerprint(self) -> str:
-        return "squares-v1"
-
-    def load(self):
-        rng = np.random.default_rng(self.config.split_seed)
-        y = np.repeat(np.arange(4), 20)
-        x = rng.integers(0, 60, size=(len(y), 8, 8)).astype(np.uint8)
-        for c in range(4):
-            r, q = divmod(c, 2)
-            x[y == c, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 180
-        ids, pos = np.arange(len(y)), np.tile(np.arange(20), 4)
-
-        def split(sel):
-            return Split(x=x[sel], labels=y[sel], index=ids[sel])
-
-        return Splits(train=split(ids[pos >= 8]), val=split(ids[(pos >= 4) & (pos < 8)]),
-                      query=split(ids[pos < 4]), database=split(ids[pos >= 8]))
-
-
 @pytest.fixture
 def counted(monkeypatch):
     """Counts of Registry.create by kind and of record files parsed."""
@@ -272,10 +240,10 @@ def test_a_grid_reads_each_record_once_and_builds_each_method_once(cli, tmp_path
     assert counted["method"] == 0 and counted["record reads"] == 8  # read once, reused by the table
 
 
-def test_a_frozen_backbone_is_built_once_per_grid(cli, tmp_path, with_plugin, counted, monkeypatch):
+def test_a_frozen_backbone_is_built_once_per_grid(cli, tmp_path, with_plugin, counted, monkeypatch, tiny_images):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with_plugin(register_datasets=lambda: [Squares])
-    code, _, err = cli("run", "--methods", "itq,lsh", "--datasets", "squares", "--bits", "8", "--seeds", "0,1",
+    with_plugin(register_datasets=lambda: [tiny_images])
+    code, _, err = cli("run", "--methods", "itq,lsh", "--datasets", "tiny-images", "--bits", "8", "--seeds", "0,1",
                        "--backbone", "resnet18", "--pretrained", "false", "--input-size", "32", "--no-progress",
                        "--no-table", "--results-dir", str(tmp_path))
     assert code == 0 and "4 done" in err, err
