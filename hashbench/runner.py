@@ -38,6 +38,7 @@ from .config import RunConfig
 from .errors import HashbenchError
 from .evaluate import evaluate, pack_codes
 from .features import FeatureSpec, feature_splits, frozen_backbone
+from .progress import StepLog, duration, logs_progress
 from .registry import create, registry
 from .store import CURVES, RECORD_METRICS, RunRecord, RunStore
 
@@ -337,21 +338,46 @@ def warm_caches(configs: Sequence[RunConfig], results_dir: str | Path, force: bo
             if read.bank is not None:
                 group["banks"].setdefault(tuple(read.bank), set()).add(read.output)
     done_work: list[dict[str, Any]] = []
+    log = StepLog("cache pass", _cache_passes(groups), "images", enabled=logs_progress(progress))
     for (dataset, params, name, pretrained, input_size), group in groups.items():
         _, splits = _load_splits(dataset, params)
         backbone = frozen_backbone(name, pretrained, input_size)
         for split, outputs in group["clean"].items():
-            got = clean_outputs(backbone, getattr(splits, split).x, sorted(outputs), progress=progress, fetch=False)
+            t0 = time.perf_counter()
+            x = getattr(splits, split).x
+            got = clean_outputs(backbone, x, sorted(outputs), progress=progress, fetch=False)
             done_work.append({"dataset": dataset, "backbone": name, "what": f"clean {split}",
                               "outputs": sorted(outputs),
                               "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+            _log_pass(log, done_work[-1], len(x), time.perf_counter() - t0)
         for (recipe, views), outputs in group["banks"].items():
+            t0 = time.perf_counter()
             got = view_banks(backbone, splits.train.x, recipe, views, sorted(outputs), progress=progress,
                              fetch=False)
             done_work.append({"dataset": dataset, "backbone": name, "what": f"bank {recipe} x{views}",
                               "outputs": sorted(outputs),
                               "cache_hit": all(info["cache_hit"] for _, info in got.values())})
+            _log_pass(log, done_work[-1], len(splits.train) * views, time.perf_counter() - t0)
     return done_work
+
+
+def _cache_passes(groups: dict[tuple[Any, ...], dict[str, dict[Any, set[str]]]]) -> list[tuple[str, None, float]]:
+    """The steps of :func:`warm_caches` for its StepLog: (key, None, images to encode)."""
+    steps = []
+    for (dataset, params, name, *_), group in groups.items():
+        _, splits = _load_splits(dataset, params)
+        steps += [(f"{dataset} {name} clean {split}", None, max(1, len(getattr(splits, split))))
+                  for split in group["clean"]]
+        steps += [(f"{dataset} {name} bank {recipe} x{views}", None, max(1, len(splits.train) * views))
+                  for recipe, views in group["banks"]]
+    return steps
+
+
+def _log_pass(log: StepLog, work: dict[str, Any], images: int, seconds: float) -> None:
+    """One line for a finished cache pass (a cache hit costs nothing: it does not teach the estimate)."""
+    key = f"{work['dataset']} {work['backbone']} {work['what']}"
+    how = "cached already" if work["cache_hit"] else f"{images:,} images in {duration(seconds)}"
+    log.done(key, None if work["cache_hit"] else seconds, f"{key} ({'+'.join(work['outputs'])}): {how}")
 
 
 def run_grid(
@@ -391,6 +417,8 @@ def run_grid(
     summaries: list[dict[str, Any]] = [{"run_id": run_id, "status": "skipped"} for run_id in ids
                                        if run_id in finished]
     tasks = [RunTask(c, str(results_dir), force) for c in todo]
+    log = StepLog("run", [(t.config.run_id, t.config.method, 1.0) for t in tasks], "runs",
+                  enabled=logs_progress(progress))
     with _handing_over(built), tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",
                                     disable=None if progress else True, dynamic_ncols=True) as bar:
         results: Iterator[dict[str, Any]] = runner.map(execute, tasks) if tasks else iter(())
@@ -398,4 +426,16 @@ def run_grid(
             summaries.append(summary)
             bar.set_postfix_str(f"{summary['run_id'][:40]} {summary['status']}")
             bar.update(1)
+            _log_run(log, summary)
     return summaries
+
+
+def _log_run(log: StepLog, summary: dict[str, Any]) -> None:
+    """One line for a finished run: its id, status and seconds (and error, first line)."""
+    seconds = summary.get("seconds")
+    detail = f"{summary['run_id']} {summary['status']}"
+    if seconds is not None:
+        detail += f" in {duration(seconds)}"
+    if summary.get("error"):
+        detail += f" ({str(summary['error']).splitlines()[0][:120]})"
+    log.done(summary["run_id"], seconds if summary["status"] == "done" else None, detail)
