@@ -11,20 +11,42 @@ Ranking: by Hamming distance, ties by database index (a stable sort; what faiss
 Relevance: 1-D integer labels are class ids (relevant = same class); 2-D multi-hot {0,1} labels
 are multi-label (relevant = at least one shared label).
 
-numpy only (no torch, no faiss).
+Average precision is summed in rank order, left to right (``hits += 1; s += hits / rank`` at each
+relevant item, float64), as a per-query loop would; every other metric is a ratio of counts.
+
+Two engines compute the same numbers, bit for bit (the tests hold them to it):
+
+- ``numba`` (``pip install 'hashbench[fast]'``): compiled kernels in
+  :mod:`hashbench._evaluate_numba`, no sort at all: per query one pass for the distances and their
+  histogram (bits + 1 buckets), a counting sort of the relevance into rank order by (distance,
+  index), one pass in rank order; queries in parallel on threads. Compiled once per machine
+  (cached on disk: ~1-2 s for each kernel and distance dtype the first time, then loaded).
+- ``numpy``: a stable sort per query (``evaluate``) or of the candidates within the top-K
+  cutoff (``map_at_k``), numpy only, one thread.
+
+The engine is the ``engine`` argument, else ``$HASHBENCH_EVAL_ENGINE``, else ``auto`` (numba when
+it imports, else numpy); ``evaluate`` reports the one that ran under ``"engine"``. The numba
+engine uses the CPUs this process may run on, at most ``$OMP_NUM_THREADS`` when that is set.
+
+numpy only at import (no torch, no faiss; numba only when its engine runs).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import HashbenchError
 
-__all__ = ["binarize", "check_bits", "evaluate", "hamming_distances", "map_at_k", "pack_codes", "unpack_codes"]
+__all__ = ["ENGINE_ENV", "binarize", "check_bits", "eval_engine", "evaluate", "hamming_distances",
+           "map_at_k", "pack_codes", "unpack_codes"]
 
 MAX_BITS = 1024
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -33,6 +55,62 @@ _CELL_BYTES = 24
 _MAX_CHUNK_ROWS = 4096
 _COL_BLOCK = 8192  # database columns per XOR/popcount block (keeps the uint64 temporary small)
 _SAMPLE_COLS = 4096  # database columns sampled to estimate the top-K cutoff distance
+ENGINE_ENV = "HASHBENCH_EVAL_ENGINE"
+ENGINES = ("auto", "numba", "numpy")
+_NUMBA_BLOCK_ROWS = 32  # queries per numba block at most: they share each tile of database words
+_NUMBA_BLOCK_BYTES = 4 << 20  # and their distance rows at most this (re-read from cache per query)
+_NUMBA_TILE_BYTES = 128 << 10  # database words per tile (stays in the L2 cache)
+
+
+# --------------------------------------------------------------------------------------------
+# engines
+
+
+@functools.cache
+def _numba_kernels():
+    """The compiled-kernel module, or the reason it cannot be used (a string)."""
+    try:
+        from . import _evaluate_numba as kernels
+    except Exception as exc:  # numba present but broken (e.g. built for another numpy)
+        return f"{type(exc).__name__}: {exc}"
+    if not kernels.AVAILABLE:
+        return str(kernels.IMPORT_ERROR)
+    return kernels
+
+
+def eval_engine(engine: str | None = None) -> str:
+    """The engine that ``evaluate``/``map_at_k`` run with: ``"numba"`` or ``"numpy"``.
+
+    ``engine``: ``"auto"`` (numba when it imports, else numpy), ``"numba"`` (an error when it is
+    not installed) or ``"numpy"``; None reads ``$HASHBENCH_EVAL_ENGINE`` (unset or empty: auto).
+    Both engines give identical results; see the module docstring.
+    """
+    choice = engine if engine is not None else (os.environ.get(ENGINE_ENV) or "auto")
+    name = choice.strip().lower() if isinstance(choice, str) else choice
+    if name not in ENGINES:
+        where = "engine" if engine is not None else f"${ENGINE_ENV}"
+        raise HashbenchError(f"{where} must be one of {', '.join(ENGINES)}, got {choice!r}")
+    if name == "numpy":
+        return "numpy"
+    kernels = _numba_kernels()
+    if not isinstance(kernels, str):
+        return "numba"
+    if name == "numba":
+        raise HashbenchError(f"the numba engine needs numba: pip install 'hashbench[fast]' ({kernels})")
+    return "numpy"
+
+
+def _threads() -> int:
+    """Threads of the numba engine: the CPUs this process may use, at most $OMP_NUM_THREADS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        n = min(n, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        pass
+    return max(1, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +332,9 @@ class _Problem:
     nq: int
     ndb: int
     topk: int  # effective K (1..ndb)
-    chunk: int  # queries per chunk
+    chunk: int  # queries per chunk (numpy engine)
+    chunk_bytes: int
+    engine: str  # "numba" or "numpy"
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (q0, dist) with dist (c, ndb) Hamming distances of queries q0..q0+c-1.
@@ -268,7 +348,8 @@ class _Problem:
             yield q0, d
 
 
-def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes) -> _Problem:
+def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes,
+             engine: str | None = None) -> _Problem:
     bits = check_bits(bits)
     q = _check_packed(query_codes, "query codes", bits)
     db = _check_packed(db_codes, "database codes", bits)
@@ -287,11 +368,73 @@ def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_b
     if isinstance(chunk_bytes, (bool, np.bool_)) or not isinstance(chunk_bytes, (int, np.integer)) \
             or chunk_bytes <= 0:
         raise HashbenchError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+    engine = eval_engine(engine)
     chunk = int(max(1, min(_MAX_CHUNK_ROWS, chunk_bytes // (_CELL_BYTES * ndb))))
-    return _Problem(
+    prob = _Problem(
         qw=_to_words(q), dbw=np.ascontiguousarray(_to_words(db).T), labels=labels,
-        bits=bits, nq=nq, ndb=ndb, topk=k, chunk=chunk,
+        bits=bits, nq=nq, ndb=ndb, topk=k, chunk=chunk, chunk_bytes=int(chunk_bytes), engine=engine,
     )
+    if engine == "numba":
+        # read-only inputs (np.load with mmap_mode, say) would be another type to compile for
+        prob.qw, prob.dbw = (a if a.flags.writeable else a.copy() for a in (prob.qw, prob.dbw))
+        _numba_ready(prob)
+    return prob
+
+
+def _numba_ready(prob: _Problem) -> None:
+    """Compile the numba kernels for this problem's argument types, or load them from the disk
+    cache: a call on zero queries, here in the calling thread, so that neither compilation nor
+    its memory happens inside the work (once per process and types; then a no-op)."""
+    kernels = _numba_kernels()
+    nb, dtype = prob.bits + 1, _dist_dtype(prob.bits)
+    dist, hist = np.empty((1, 1), dtype), np.empty((1, nb), np.int64)
+    ranked, start = np.zeros(8, np.bool_), np.empty(nb, np.int64)
+    i64, f64 = np.empty(0, np.int64), np.empty(0)
+    q, db = prob.labels.q, prob.labels.db
+    kernels.map_at_k_rows(prob.qw, prob.dbw, q, db, 0, 0, 1, 256, dist, hist, ranked, start, i64, f64)
+    stats = _Stats.empty(0, nb, 1)
+    kernels.evaluate_rows(prob.qw, prob.dbw, q, db, 0, 0, np.ones(1, np.int64), 256, dist, ranked,
+                          start, stats.hist, stats.rhist, stats.hits_at, stats.s_at, stats.s_all)
+
+
+def _numba_parallel(prob: _Problem, q0: int, q1: int, ranked_len: int, call) -> None:
+    """Run ``call(a, b, dist, hist, ranked, start)`` over queries [q0, q1) in pieces of cb
+    queries, on _threads() threads that take the next piece when done.
+
+    Each thread has its own scratch: dist (cb, ndb) distances, hist (cb, bits+1) int64, ranked
+    (ranked_len rounded up to 8,) bool, start (bits+1,) int64. cb: at most _NUMBA_BLOCK_ROWS,
+    a dist block of at most _NUMBA_BLOCK_BYTES, all threads' dist and ranked within chunk_bytes,
+    a piece per thread at least; and at least 1."""
+    n = q1 - q0
+    threads = min(_threads(), n)
+    dtype = _dist_dtype(prob.bits)
+    row = prob.ndb * np.dtype(dtype).itemsize
+    cb = int(max(1, min(_NUMBA_BLOCK_ROWS, _NUMBA_BLOCK_BYTES // row,
+                        (prob.chunk_bytes // threads - ranked_len) // row, -(-n // threads))))
+    pieces = deque((a, min(q1, a + cb)) for a in range(q0, q1, cb))
+
+    def worker() -> None:
+        dist = np.empty((cb, prob.ndb), dtype)
+        hist = np.empty((cb, prob.bits + 1), np.int64)
+        ranked = np.empty(8 * -(-ranked_len // 8), np.bool_)  # read as uint64 words
+        start = np.empty(prob.bits + 1, np.int64)
+        while True:
+            try:
+                a, b = pieces.popleft()
+            except IndexError:
+                return
+            call(a, b, dist, hist, ranked, start)
+
+    if threads == 1:
+        worker()
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="hashbench-eval") as pool:
+        for future in [pool.submit(worker) for _ in range(threads)]:
+            future.result()
+
+
+def _numba_tile(prob: _Problem) -> int:
+    return max(256, _NUMBA_TILE_BYTES // (8 * prob.qw.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,12 +461,14 @@ def _cutoff_estimate(dist: np.ndarray, k: int, bits: int) -> np.ndarray:
     return np.where(reached.any(axis=1), reached.argmax(axis=1), bits).astype(np.int64)
 
 
-def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> np.ndarray:
-    """AP@K (DeepHash convention) of each row of a distance block -> float64 (c,).
+def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> tuple[np.ndarray, np.ndarray]:
+    """numpy engine: hits within the top K and the AP@K numerator of each row of a distance
+    block -> (int64 (c,), float64 (c,)); AP@K = numerator / hits.
 
     Exact stable top K: the ball {d <= t_i} of each row (t_i from a sampled histogram, checked
     to hold >= K items, else set to the exact K-th distance) is listed in index order, stably
-    sorted by (row, distance) and cut at K."""
+    sorted by (row, distance) and cut at K. The numerator is summed left to right in rank order
+    (a cumulative sum; non-relevant positions add 0.0), as the numba kernel does."""
     c, ndb = dist.shape
     k, bits = prob.topk, prob.bits
     t = _cutoff_estimate(dist, k, bits)
@@ -344,8 +489,9 @@ def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> np.ndarray:
     max_rows = max(1, 65536 // nb)
     flat = dist.ravel()
     pos = np.arange(k, dtype=np.int64)
-    inv_pos = 1.0 / np.arange(1, k + 1, dtype=np.float64)
-    ap = np.zeros(c)
+    rank = np.arange(1, k + 1, dtype=np.int64)
+    hits = np.zeros(c, np.int64)
+    num = np.zeros(c)
     r0 = 0
     while r0 < c:
         r1 = int(np.searchsorted(bounds, bounds[r0] + 2 * ndb, side="right")) - 1
@@ -362,28 +508,53 @@ def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> np.ndarray:
         top -= (np.arange(r0, r1, dtype=np.int64) * ndb)[:, None]  # flat index -> db index
         rel = prob.labels.pairs(q0 + r0, top)
         del top
-        cum = np.cumsum(rel, axis=1, dtype=np.int32)
-        hits = cum[:, -1]
-        num = np.einsum("ij,ij,j->i", cum, rel, inv_pos)
-        ap[r0:r1] = np.divide(num, hits, out=np.zeros(r1 - r0), where=hits > 0)
+        cum = np.cumsum(rel, axis=1, dtype=np.int64)
+        hits[r0:r1] = cum[:, -1]
+        cum *= rel  # hits at each relevant rank, 0 elsewhere
+        num[r0:r1] = np.cumsum(cum / rank, axis=1)[:, -1]
         r0 = r1
-    return ap
+    return hits, num
+
+
+def _ap_at_k_numba(prob: _Problem) -> tuple[np.ndarray, np.ndarray]:
+    """numba engine: (hits within the top K, AP@K numerator) of every query, as _ap_at_k_block."""
+    kernels = _numba_kernels()
+    hits = np.empty(prob.nq, np.int64)
+    num = np.empty(prob.nq)
+    tile = _numba_tile(prob)
+
+    def call(a, b, dist, hist, ranked, start):
+        kernels.map_at_k_rows(prob.qw, prob.dbw, prob.labels.q, prob.labels.db, a, b, prob.topk, tile,
+                              dist, hist, ranked, start, hits[a:b], num[a:b])
+
+    _numba_parallel(prob, 0, prob.nq, prob.topk, call)
+    return hits, num
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, 0 where den == 0."""
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
 
 
 def map_at_k(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk: int | None,
-             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> float:
+             chunk_bytes: int = DEFAULT_CHUNK_BYTES, engine: str | None = None) -> float:
     """mAP@K in the DeepHash-pytorch / CIBHash convention on the stable Hamming ranking.
 
     Codes: packed uint8 (nq, W) and (ndb, W) with W = ceil(bits/8). Labels as in ``evaluate``.
     topk: K (clipped to ndb), None = whole database. Per query AP@K is the mean over relevant
     items in the top K of (rank among relevant / position); a query with no hit scores 0 and
-    counts. Memory as in ``evaluate``.
+    counts. Equal, bit for bit, to ``evaluate(...)["map"]`` and across engines. engine and
+    memory as in ``evaluate``.
     """
-    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes)
-    ap = np.empty(prob.nq)
-    for q0, dist in prob.blocks():
-        ap[q0:q0 + dist.shape[0]] = _ap_at_k_block(dist, q0, prob)
-    return float(ap.mean())
+    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes, engine)
+    if prob.engine == "numba":
+        hits, num = _ap_at_k_numba(prob)
+    else:
+        hits = np.empty(prob.nq, np.int64)
+        num = np.empty(prob.nq)
+        for q0, dist in prob.blocks():
+            hits[q0:q0 + dist.shape[0]], num[q0:q0 + dist.shape[0]] = _ap_at_k_block(dist, q0, prob)
+    return float(_ratio(num, hits).mean())
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,8 +585,82 @@ def _tie_aware_ap(n_le: np.ndarray, r_le: np.ndarray, n_rel: np.ndarray, harmoni
     return np.divide(total, n_rel, out=np.zeros(len(total)), where=n_rel > 0)
 
 
+@dataclass
+class _Stats:
+    """Per-query sufficient statistics of every metric, for queries q0..q0+c-1 (both engines).
+
+    hist / rhist (c, bits+1) int64: items / relevant items at each distance; hits_at / s_at
+    (c, len(cuts)): relevant items within the first cuts[e] ranks of the stable ranking and
+    their sum of hits / rank, left to right in rank order; s_all (c,): that sum over the whole
+    ranking."""
+
+    hist: np.ndarray
+    rhist: np.ndarray
+    hits_at: np.ndarray
+    s_at: np.ndarray
+    s_all: np.ndarray
+
+    @classmethod
+    def empty(cls, c: int, nb: int, ncuts: int) -> _Stats:
+        return cls(np.empty((c, nb), np.int64), np.empty((c, nb), np.int64),
+                   np.empty((c, ncuts), np.int64), np.empty((c, ncuts)), np.empty(c))
+
+
+def _stats_numpy(dist: np.ndarray, q0: int, prob: _Problem, cuts: np.ndarray) -> _Stats:
+    """numpy engine: _Stats of the rows of a distance block, one stable sort per row."""
+    c, nb = dist.shape[0], prob.bits + 1
+    out = _Stats.empty(c, nb, len(cuts))
+    radii = np.arange(nb, dtype=dist.dtype)
+    for i in range(c):  # per row: O(ndb) memory whatever the chunk
+        row = dist[i]
+        rel = prob.labels.row(q0 + i)
+        order = np.argsort(row, kind="stable")
+        hits = np.flatnonzero(rel.take(order))  # 0-based ranks of the relevant items
+        n_le = np.searchsorted(row.take(order), radii, side="right")  # items at distance <= d
+        del order
+        out.hist[i] = np.diff(n_le, prepend=0)
+        out.rhist[i] = np.diff(np.searchsorted(hits, n_le, side="left"), prepend=0)
+        # s after each relevant item, left to right: (1/r_1, + 2/r_2, ...), with 0 before any
+        s = np.concatenate([[0.0], np.cumsum(np.arange(1, len(hits) + 1) / (hits + 1))])
+        out.hits_at[i] = np.searchsorted(hits, cuts, side="left")
+        out.s_at[i] = s[out.hits_at[i]]
+        out.s_all[i] = s[-1]
+    return out
+
+
+def _stats_numba(prob: _Problem, q0: int, q1: int, cuts: np.ndarray) -> _Stats:
+    """numba engine: _Stats of queries q0..q1-1 (see hashbench._evaluate_numba.evaluate_rows)."""
+    kernels = _numba_kernels()
+    out = _Stats.empty(q1 - q0, prob.bits + 1, len(cuts))
+    tile = _numba_tile(prob)
+
+    def call(a, b, dist, hist, ranked, start):
+        r = slice(a - q0, b - q0)
+        kernels.evaluate_rows(prob.qw, prob.dbw, prob.labels.q, prob.labels.db, a, b, cuts, tile,
+                              dist, ranked, start, out.hist[r], out.rhist[r], out.hits_at[r],
+                              out.s_at[r], out.s_all[r])
+
+    _numba_parallel(prob, q0, q1, prob.ndb, call)
+    return out
+
+
+def _stat_blocks(prob: _Problem, cuts: np.ndarray) -> Iterator[tuple[int, _Stats]]:
+    """Yield (q0, _Stats of queries q0..) for every query, in order, with the problem's engine."""
+    if prob.engine == "numpy":
+        for q0, dist in prob.blocks():
+            yield q0, _stats_numpy(dist, q0, prob, cuts)
+        return
+    nb = prob.bits + 1
+    # rows of statistics per call: they and the metrics' temporaries (~ 16 floats per bucket
+    # or cut of a row) within chunk_bytes
+    rows = int(max(1, min(_MAX_CHUNK_ROWS, prob.chunk_bytes // (128 * (nb + len(cuts))))))
+    for q0 in range(0, prob.nq, rows):
+        yield q0, _stats_numba(prob, q0, min(prob.nq, q0 + rows), cuts)
+
+
 def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk: int | None = None,
-             pk_points: Sequence[int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+             pk_points: Sequence[int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+             engine: str | None = None) -> dict:
     """Evaluate Hamming ranking retrieval; return a JSON-serializable dict of metrics.
 
     Inputs: packed uint8 codes (nq, W) and (ndb, W), W = ceil(bits/8), bits in 1..1024 (padding
@@ -423,7 +668,8 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     with the same columns (relevant = >= 1 shared label), of the same kind for queries and
     database. topk: K for ``map`` (None = ndb; larger than ndb is clipped). pk_points: k values
     for ``precision_at_k`` (clipped to ndb; default 1, 10, 50, 100, 200, 500, 1000, ... < ndb,
-    plus ndb). Bad input raises HashbenchError.
+    plus ndb). engine: ``"auto"``, ``"numba"`` or ``"numpy"`` (see ``eval_engine``; None reads
+    ``$HASHBENCH_EVAL_ENGINE``); the numbers do not depend on it. Bad input raises HashbenchError.
 
     Returns: ``map`` (mAP@K, DeepHash convention: AP normalised by hits within K, zero-hit
     queries count 0), ``topk`` (K used), ``map_full`` (AP over the whole ranking normalised by
@@ -431,18 +677,23 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     random orders within equal distances, closed form), ``precision_h2``/``recall_h2`` (Hamming
     ball d <= 2; empty ball -> precision 0; no relevant -> recall 0), ``pr_curve`` {radius
     [0..bits], precision, recall} (ball of each radius, same rules), ``precision_at_k`` {k,
-    precision}, ``num_queries``, ``num_database``, ``bits``. Ranking is by distance, ties by
-    database index (stable), except for map_tie_aware. All means are over all queries.
+    precision}, ``num_queries``, ``num_database``, ``bits``, ``engine`` (the one that ran).
+    Ranking is by distance, ties by database index (stable), except for map_tie_aware. All means
+    are over all queries.
 
-    Memory: queries are processed in chunks of c = clip(chunk_bytes // (24 * ndb), 1, 4096)
-    rows. Peak working memory is at most 24 * c * ndb + 96 * ndb bytes (<= 2 * chunk_bytes
-    once c >= 4), on top of the inputs, their uint64 word copies and the per-query results
-    (O(nq * (bits + len(pk_points))) floats). Results do not depend on chunk_bytes: per-query
-    values are computed row by row and averaged once at the end.
-    (Per chunk: the distance block, an XOR scratch, the candidate mask and indices; per row
-    group or per query: O(ndb) sort and gather temporaries.)
+    Memory, on top of the inputs, their uint64 word copies and the per-query results
+    (O(nq * (bits + len(pk_points))) floats); results do not depend on chunk_bytes (per-query
+    values are computed row by row and averaged once at the end):
+
+    - numpy engine: queries in chunks of c = clip(chunk_bytes // (24 * ndb), 1, 4096) rows; peak
+      working memory at most 24 * c * ndb + 96 * ndb bytes (<= 2 * chunk_bytes once c >= 4): the
+      distance block, an XOR scratch, and per row a stable argsort and gathers.
+    - numba engine: per thread, a block of cb <= 32 distance rows (uint8, uint16 above 255 bits)
+      and an ndb-byte (``map_at_k``: K-byte) ranking, cb cut so that all threads' scratch fits
+      chunk_bytes (at least one row each); the statistics of up to
+      clip(chunk_bytes // (128 * (bits + 1 + len(pk_points) + 1)), 1, 4096) queries at a time.
     """
-    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes)
+    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes, engine)
     ndb, nb = prob.ndb, prob.bits + 1
     if pk_points is None:
         ks = _default_pk_points(ndb)
@@ -452,6 +703,9 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
             raise HashbenchError(f"pk_points must be a non-empty list of positive integers, got {pk_points!r}")
         ks = sorted({min(int(k), ndb) for k in req})
     ks_arr = np.asarray(ks, dtype=np.int64)
+    # the ranks where hits and the AP sum are read: every k of precision@k, and K
+    cuts = np.asarray(sorted(set(ks) | {prob.topk}), dtype=np.int64)
+    at_k, at_ks = int(np.searchsorted(cuts, prob.topk)), np.searchsorted(cuts, ks_arr)
     harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, ndb + 1, dtype=np.float64))])
     radii = np.arange(nb)
     r2 = min(2, prob.bits)
@@ -462,25 +716,17 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     prec = np.empty((prob.nq, nb))
     rec = np.empty((prob.nq, nb))
     pk = np.empty((prob.nq, len(ks)))
-    for q0, dist in prob.blocks():
-        c = dist.shape[0]
-        ap_k[q0:q0 + c] = _ap_at_k_block(dist, q0, prob)
-        n_le = np.empty((c, nb), np.int64)
-        r_le = np.empty((c, nb), np.int64)
-        n_rel = np.empty(c, np.int64)
-        for i in range(c):  # per row: O(ndb) memory whatever the chunk
-            row = dist[i]
-            order = np.argsort(row, kind="stable")
-            hits = np.flatnonzero(prob.labels.row(q0 + i).take(order))  # positions (0-based)
-            n_rel[i] = len(hits)
-            n_le[i] = np.searchsorted(row.take(order), radii, side="right")
-            del order
-            r_le[i] = np.searchsorted(hits, n_le[i], side="left")
-            pk[q0 + i] = np.searchsorted(hits, ks_arr, side="left") / ks_arr
-            ap_full[q0 + i] = (np.arange(1, len(hits) + 1) / (hits + 1.0)).sum() / len(hits) if len(hits) else 0.0
-        prec[q0:q0 + c] = np.divide(r_le, n_le, out=np.zeros((c, nb)), where=n_le > 0)
-        rec[q0:q0 + c] = np.divide(r_le, n_rel[:, None], out=np.zeros((c, nb)), where=n_rel[:, None] > 0)
-        ap_tie[q0:q0 + c] = _tie_aware_ap(n_le, r_le, n_rel, harmonic)
+    for q0, st in _stat_blocks(prob, cuts):
+        q1 = q0 + len(st.s_all)
+        n_le = np.cumsum(st.hist, axis=1)
+        r_le = np.cumsum(st.rhist, axis=1)
+        n_rel = r_le[:, -1]
+        ap_k[q0:q1] = _ratio(st.s_at[:, at_k], st.hits_at[:, at_k])
+        ap_full[q0:q1] = _ratio(st.s_all, n_rel)
+        pk[q0:q1] = st.hits_at[:, at_ks] / ks_arr
+        prec[q0:q1] = _ratio(r_le, n_le)
+        rec[q0:q1] = _ratio(r_le, n_rel[:, None])
+        ap_tie[q0:q1] = _tie_aware_ap(n_le, r_le, n_rel, harmonic)
 
     nq = prob.nq
     prec_curve, rec_curve = prec.mean(axis=0), rec.mean(axis=0)
@@ -500,4 +746,5 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
         "num_queries": int(nq),
         "num_database": int(ndb),
         "bits": int(prob.bits),
+        "engine": prob.engine,
     }
