@@ -71,7 +71,7 @@ def _numba_kernels():
     """The compiled-kernel module, or the reason it cannot be used (a string)."""
     try:
         from . import _evaluate_numba as kernels
-    except Exception as exc:  # numba present but broken (e.g. built for another numpy)
+    except Exception as exc:  # noqa: BLE001 - numba present but broken: the numpy engine runs
         return f"{type(exc).__name__}: {exc}"
     if not kernels.AVAILABLE:
         return str(kernels.IMPORT_ERROR)
@@ -434,7 +434,7 @@ def _numba_parallel(prob: _Problem, q0: int, q1: int, ranked_len: int, call) -> 
 
 
 def _numba_tile(prob: _Problem) -> int:
-    return max(256, _NUMBA_TILE_BYTES // (8 * prob.qw.shape[1]))
+    return max(64, _NUMBA_TILE_BYTES // (8 * prob.qw.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------

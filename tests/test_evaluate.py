@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -433,3 +435,159 @@ def test_peak_memory_within_documented_bound():
         tracemalloc.stop()
     assert c == chunk_bytes // (24 * ndb) > 1
     assert peak <= 24 * c * ndb + 96 * ndb
+
+
+# ---------------------------------------------------------------------------------------------
+# engines: numba (when installed) and numpy give the same numbers, bit for bit
+
+try:
+    import numba  # noqa: F401
+except ImportError:
+    HAVE_NUMBA = False
+else:
+    HAVE_NUMBA = True
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed (pip install 'hashbench[fast]')")
+ENGINES = ["numpy", pytest.param("numba", marks=needs_numba)]
+
+
+def _without_engine(result):
+    return {k: v for k, v in result.items() if k != "engine"}
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+@pytest.mark.parametrize("nbits", [1, 5, 8, 13, 64, 65, 130, 255, 256, 300, 1024])
+def test_engines_equal_and_match_bruteforce(nbits, multi, monkeypatch):
+    """Random cases with many ties (duplicated codes, few bits), queries without a relevant
+    item, K inside a tie group, K = None and K > ndb; several database tiles and query blocks
+    in the numba kernels (a tiny tile and chunk_bytes), widths not a multiple of 64 bits."""
+    monkeypatch.setattr(ev, "_NUMBA_TILE_BYTES", 8)  # 64 database items per tile
+    rng = np.random.default_rng(77 + nbits + 1000 * multi)
+    nq, ndb = 13, 211
+    qbits, dbits, ql, dl = make_data(rng, nq, ndb, nbits, multi)
+    dbits[rng.integers(0, ndb, 40)] = qbits[5]  # a tie group at distance 0 for query 5
+    qp, dp = pack_codes(qbits), pack_codes(dbits)
+    pk_points = [1, 7, 50, 211]
+    for topk in (1, 6, 100, None, 5000):
+        want = reference(qbits, dbits, ql, dl, topk, pk_points, curves=nbits <= 300)
+        got = {}
+        for engine in ("numpy", "numba") if HAVE_NUMBA else ("numpy",):
+            for chunk_bytes in (1, 1 << 26):
+                res = evaluate(qp, dp, ql, dl, bits=nbits, topk=topk, pk_points=pk_points,
+                               chunk_bytes=chunk_bytes, engine=engine)
+                assert res["engine"] == engine
+                assert map_at_k(qp, dp, ql, dl, bits=nbits, topk=topk, chunk_bytes=chunk_bytes,
+                                engine=engine) == res["map"]
+                got.setdefault(engine, _without_engine(res))
+                assert _without_engine(res) == got[engine]  # chunking changes nothing
+        if HAVE_NUMBA:
+            assert got["numba"] == got["numpy"]  # exactly, every metric and curve
+        res = got["numpy"]
+        for key in ("map", "map_full"):
+            assert res[key] == pytest.approx(want[key], abs=1e-9), key
+        np.testing.assert_allclose(res["precision_at_k"]["precision"], want["precision_at_k"], atol=1e-9)
+        if nbits <= 300:
+            np.testing.assert_allclose(res["pr_curve"]["precision"], want["pr_precision"], atol=1e-9)
+            np.testing.assert_allclose(res["pr_curve"]["recall"], want["pr_recall"], atol=1e-9)
+
+
+@needs_numba
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+def test_engines_equal_on_a_larger_database(multi, monkeypatch):
+    """Thousands of items per query: AP sums over many terms, equal to the last bit; one thread
+    or several, any block size."""
+    rng = np.random.default_rng(3 + multi)
+    qbits, dbits, ql, dl = make_data(rng, 40, 30000, 24, multi, n_classes=7)
+    qp, dp = pack_codes(qbits), pack_codes(dbits)
+    want = _without_engine(evaluate(qp, dp, ql, dl, bits=24, topk=1000, engine="numpy"))
+    assert _without_engine(evaluate(qp, dp, ql, dl, bits=24, topk=1000, engine="numba")) == want
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert _without_engine(evaluate(qp, dp, ql, dl, bits=24, topk=1000, engine="numba",
+                                    chunk_bytes=1)) == want
+    for engine in ("numpy", "numba"):
+        assert map_at_k(qp, dp, ql, dl, bits=24, topk=1000, engine=engine) == want["map"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sampled_cutoff_fallback_each_engine(engine, monkeypatch):
+    """The adversarial case of test_sampled_cutoff_and_its_fallback, on each engine."""
+    monkeypatch.setattr(ev, "_SAMPLE_COLS", 32)
+    rng = np.random.default_rng(5)
+    nbits, ndb, k = 10, 600, 120
+    qbits = rng.random((20, nbits)) < 0.5
+    dbits = rng.random((ndb, nbits)) < 0.5
+    dbits[(np.arange(32) * ndb) // 32] = qbits[0]
+    ql, dl = rng.integers(0, 3, 20), rng.integers(0, 3, ndb)
+    want = reference(qbits, dbits, ql, dl, k, [1], curves=False)["map"]
+    got = map_at_k(pack_codes(qbits), pack_codes(dbits), ql, dl, bits=nbits, topk=k, engine=engine)
+    assert got == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_peak_memory_within_documented_bound_each_engine(engine):
+    """test_peak_memory_within_documented_bound for each engine (the numba engine's scratch is
+    within chunk_bytes; its kernels are compiled or loaded in _prepare, before the work)."""
+    rng = np.random.default_rng(2)
+    nq, ndb, chunk_bytes = 40, 20000, 2 << 20
+    qp = pack_codes(rng.random((nq, 1)) < 0.5)
+    dp = pack_codes(rng.random((ndb, 1)) < 0.5)
+    ql, dl = rng.integers(0, 4, nq), rng.integers(0, 4, ndb)
+    tracemalloc.start()
+    try:
+        prob = ev._prepare(qp, dp, ql, dl, 1, None, chunk_bytes, engine)
+        retained = tracemalloc.get_traced_memory()[0]
+        c = prob.chunk
+        del prob
+        tracemalloc.reset_peak()
+        res = evaluate(qp, dp, ql, dl, bits=1, topk=None, chunk_bytes=chunk_bytes, engine=engine)
+        peak = tracemalloc.get_traced_memory()[1] - retained
+    finally:
+        tracemalloc.stop()
+    assert res["engine"] == engine
+    assert peak <= 24 * c * ndb + 96 * ndb
+
+
+def test_engine_choice(monkeypatch):
+    q, db = pack_codes(np.zeros((2, 8), bool)), pack_codes(np.ones((3, 8), bool))
+    ql, dl = np.array([0, 1]), np.array([0, 0, 1])
+    monkeypatch.delenv(ev.ENGINE_ENV, raising=False)
+    auto = ev.eval_engine()
+    assert auto == ("numba" if HAVE_NUMBA else "numpy") == ev.eval_engine("auto") == ev.eval_engine(" Auto ")
+    assert evaluate(q, db, ql, dl, bits=8)["engine"] == auto
+    monkeypatch.setenv(ev.ENGINE_ENV, "numpy")
+    assert ev.eval_engine() == "numpy" and evaluate(q, db, ql, dl, bits=8)["engine"] == "numpy"
+    assert evaluate(q, db, ql, dl, bits=8, engine="auto")["engine"] == auto  # the argument wins
+    monkeypatch.setenv(ev.ENGINE_ENV, "")
+    assert ev.eval_engine() == auto  # empty = unset
+    monkeypatch.setenv(ev.ENGINE_ENV, "cuda")
+    with pytest.raises(HashbenchError, match=r"\$HASHBENCH_EVAL_ENGINE must be one of auto, numba, numpy, got 'cuda'"):
+        evaluate(q, db, ql, dl, bits=8)
+    with pytest.raises(HashbenchError, match="engine must be one of"):
+        map_at_k(q, db, ql, dl, bits=8, topk=1, engine="fast")
+    # without numba: auto falls back to numpy, asking for numba says how to install it
+    monkeypatch.delenv(ev.ENGINE_ENV)
+    monkeypatch.setattr(ev, "_numba_kernels", lambda: "No module named 'numba'")
+    assert ev.eval_engine() == "numpy" and evaluate(q, db, ql, dl, bits=8)["engine"] == "numpy"
+    with pytest.raises(HashbenchError, match=r"pip install 'hashbench\[fast\]'"):
+        evaluate(q, db, ql, dl, bits=8, engine="numba")
+
+
+def test_numpy_engine_without_numba_installed(tmp_path):
+    """With numba unimportable, hashbench.evaluate (and the kernel module) import, auto runs
+    numpy, and the numbers are those of a run with numba."""
+    script = (
+        "import sys, json; sys.modules['numba'] = None\n"
+        "import numpy as np\n"
+        "import hashbench._evaluate_numba as k; assert not k.AVAILABLE\n"
+        "from hashbench.evaluate import evaluate, pack_codes, eval_engine\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, d = pack_codes(rng.random((20, 12)) < 0.5), pack_codes(rng.random((300, 12)) < 0.5)\n"
+        "print(json.dumps(evaluate(q, d, rng.integers(0, 3, 20), rng.integers(0, 3, 300), bits=12, topk=50)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, check=True)
+    res = json.loads(out.stdout)
+    assert res["engine"] == "numpy"
+    rng = np.random.default_rng(0)
+    q, d = pack_codes(rng.random((20, 12)) < 0.5), pack_codes(rng.random((300, 12)) < 0.5)
+    here = evaluate(q, d, rng.integers(0, 3, 20), rng.integers(0, 3, 300), bits=12, topk=50)
+    assert _without_engine(res) == _without_engine(here)
