@@ -14,8 +14,10 @@ Per query, everything comes from linear passes over the database, no sort:
 2. The stable ranking is a counting sort: an item at distance d preceded (by database index) by
    m items at distance d has rank n_lt[d] + m, with n_lt[d] = h[0] + ... + h[d-1].
    ``map_at_k_rows`` places only the items with d <= t (t the smallest distance whose ball holds
-   K items) and keeps the relevance of ranks < K; ``evaluate_rows`` places every item (an ndb-byte
-   array of relevance in rank order) and counts the relevant items per distance, rh[d].
+   K items) and keeps the relevance of ranks < K; for K << ndb it skips the histogram: t comes
+   from a sample with a margin, and one pass keeps the few items within t (checked: at least
+   K of them, else that query is redone exactly). ``evaluate_rows`` places every item (an
+   ndb-byte array of relevance in rank order) and counts the relevant items per distance.
 3. One pass over the relevance in rank order accumulates, left to right in float64 with no
    reassociation, ``hits += 1; s += hits / rank`` at each relevant item (rank from 1), as the
    brute-force reference does; ``evaluate_rows`` records (hits, s) at the cut points it is given.
@@ -183,29 +185,118 @@ def _accumulate(ranked, p0, p1, hits, s):
 
 
 @njit(nogil=True, cache=True)
-def map_at_k_rows(qw, dbw, qlab, dblab, q0, q1, k, tile, dist, hist, ranked, start, hits_k, s_k):
+def _top_k_exact(row, h, k, start, ranked, q, dblab):
+    """(hits, s) of the top k of one query from its whole distance row and histogram."""
+    t, n = 0, h[0]  # the k-th item's distance: the smallest t with k items at d <= t
+    while n < k:
+        t += 1
+        n += h[t]
+    n = 0
+    for d in range(t + 1):
+        start[d] = n
+        n += h[d]
+    _place_top(row, t, start, k, ranked, q, dblab)
+    return _accumulate(ranked, 0, k, 0, 0.0)
+
+
+@njit(nogil=True, cache=True)
+def _sampled_cutoff(qw, dbw, i, sample, target, hist):
+    """The smallest t such that >= target of ``sample`` evenly spaced database items (j =
+    s * ndb // sample) lie within distance t of query i (as the numpy engine's estimate)."""
+    ndb = dbw.shape[1]
+    hist[:] = 0
+    for s in range(sample):
+        j = (s * ndb) // sample
+        d = 0
+        for w in range(dbw.shape[0]):
+            d += _popcount(qw[i, w] ^ dbw[w, j])
+        hist[d] += 1
+    t, n = 0, hist[0]
+    while n < target:
+        t += 1
+        n += hist[t]
+    return t
+
+
+@njit(nogil=True, cache=True)
+def _collect(seg, j0, t, cand_j, cand_d, n):
+    """Append (j0 + j, d) for each d = seg[j] <= t while there is room; return the new count
+    (which goes on counting past the room)."""
+    cap = cand_j.shape[0]
+    for j in range(seg.shape[0]):
+        d = seg[j]
+        if d <= t:
+            if n < cap:
+                cand_j[n] = j0 + j
+                cand_d[n] = d
+            n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def map_at_k_rows(qw, dbw, qlab, dblab, q0, q1, k, tile, sample, target, dist, hist, buf,
+                  cand_j, cand_d, cutoff, count, ranked, start, hits_k, s_k):
     """Hits and AP numerator within the top k of queries q0..q1-1 (output row i = query q0 + i).
 
     hits_k (q1-q0,) int64: relevant items among the first k of the stable ranking; s_k float64:
-    their sum of hits / rank in rank order (AP@k = s_k / hits_k). Scratch: dist (cb, ndb) queries
-    per block, hist (cb, bits+1) int64, ranked (>= k rounded up to 8,) bool, start (bits+1,)
-    int64."""
-    cb = dist.shape[0]
+    their sum of hits / rank in rank order (AP@k = s_k / hits_k).
+
+    sample == 0 (exact mode): per block of cb = dist.shape[0] queries, whole distance rows and
+    their histograms, the exact k-th distance t, then the items with d <= t placed by rank.
+    sample > 0 (sampled mode, for k << ndb): per block of cb = buf.shape[0] queries, a cutoff t
+    from ``sample`` items (``target`` of them within t: a margin over k), then one tiled pass
+    that keeps only (index, distance) of the items with d <= t, in index order, and a counting
+    sort of those. When they are fewer than k (the sample underestimated) or more than the room
+    in cand_j, that query is redone in exact mode in dist[0] (rare).
+
+    Scratch: dist (cb or 1, ndb), hist (cb or 1, bits+1) int64, buf (cb, tile), cand_j (cb, room)
+    int64, cand_d (cb, room), cutoff and count (cb,) int64, ranked (k rounded up to 8,) bool,
+    start (bits+1,) int64. Sampled-mode arrays may be (1, 1) in exact mode."""
     ranked[:] = False
+    if sample == 0:
+        cb = dist.shape[0]
+        for b0 in range(q0, q1, cb):
+            c = min(cb, q1 - b0)
+            _distances(qw, dbw, b0, tile, dist[:c], hist[:c])
+            for i in range(c):
+                hits_k[b0 - q0 + i], s_k[b0 - q0 + i] = _top_k_exact(
+                    dist[i], hist[i], k, start, ranked, qlab[b0 + i], dblab)
+        return
+    cb, ndb = buf.shape[0], dbw.shape[1]
     for b0 in range(q0, q1, cb):
         c = min(cb, q1 - b0)
-        _distances(qw, dbw, b0, tile, dist[:c], hist[:c])
         for i in range(c):
-            h = hist[i]
-            t, n = 0, h[0]  # the k-th item's distance: the smallest t with k items at d <= t
-            while n < k:
-                t += 1
-                n += h[t]
-            n = 0
-            for d in range(t + 1):
-                start[d] = n
-                n += h[d]
-            _place_top(dist[i], t, start, k, ranked, qlab[b0 + i], dblab)
+            cutoff[i] = _sampled_cutoff(qw, dbw, b0 + i, sample, target, hist[0])
+            count[i] = 0
+        for j0 in range(0, ndb, tile):
+            j1 = min(ndb, j0 + tile)
+            for i in range(c):
+                seg = buf[i, : j1 - j0]
+                _popcounts(qw[b0 + i, 0], dbw[0, j0:j1], seg)
+                for w in range(1, dbw.shape[0]):
+                    _add_popcounts(qw[b0 + i, w], dbw[w, j0:j1], seg)
+                count[i] = _collect(seg, j0, cutoff[i], cand_j[i], cand_d[i], count[i])
+        for i in range(c):
+            q, n = qlab[b0 + i], count[i]
+            if n < k or n > cand_j.shape[1]:  # redo exactly
+                _distances(qw, dbw, b0 + i, tile, dist[:1], hist[:1])
+                hits_k[b0 - q0 + i], s_k[b0 - q0 + i] = _top_k_exact(
+                    dist[0], hist[0], k, start, ranked, q, dblab)
+                continue
+            h = hist[0]
+            h[:] = 0
+            for e in range(n):
+                h[cand_d[i, e]] += 1
+            m = 0
+            for d in range(h.shape[0]):
+                start[d] = m
+                m += h[d]
+            for e in range(n):  # counting sort of the candidates (index order within a distance)
+                d = cand_d[i, e]
+                p = start[d]
+                start[d] = p + 1
+                if p < k:
+                    ranked[p] = _relevant(q, dblab, cand_j[i, e])
             hits_k[b0 - q0 + i], s_k[b0 - q0 + i] = _accumulate(ranked, 0, k, 0, 0.0)
 
 

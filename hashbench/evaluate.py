@@ -19,8 +19,9 @@ Two engines compute the same numbers, bit for bit (the tests hold them to it):
 - ``numba`` (``pip install 'hashbench[fast]'``): compiled kernels in
   :mod:`hashbench._evaluate_numba`, no sort at all: per query one pass for the distances and their
   histogram (bits + 1 buckets), a counting sort of the relevance into rank order by (distance,
-  index), one pass in rank order; queries in parallel on threads. Compiled once per machine
-  (cached on disk: ~1-2 s for each kernel and distance dtype the first time, then loaded).
+  index), one pass in rank order (``map_at_k`` with K << ndb: only the items within a sampled
+  top-K cutoff are kept and sorted); queries in parallel on threads. Compiled once per machine
+  (cached on disk: ~2 s per kernel and distance dtype the first time, then loaded).
 - ``numpy``: a stable sort per query (``evaluate``) or of the candidates within the top-K
   cutoff (``map_at_k``), numpy only, one thread.
 
@@ -60,6 +61,7 @@ ENGINES = ("auto", "numba", "numpy")
 _NUMBA_BLOCK_ROWS = 32  # queries per numba block at most: they share each tile of database words
 _NUMBA_BLOCK_BYTES = 4 << 20  # and their distance rows at most this (re-read from cache per query)
 _NUMBA_TILE_BYTES = 128 << 10  # database words per tile (stays in the L2 cache)
+_CANDIDATES_PER_K = 8  # numba map_at_k, sampled mode: room for this many candidates per K
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,7 +351,9 @@ class _Problem:
 
 
 def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes,
-             engine: str | None = None) -> _Problem:
+             engine: str | None = None, kernel: str = "evaluate") -> _Problem:
+    """Check the inputs and build the problem; with the numba engine, make ``kernel`` ("map" or
+    "evaluate") ready for its types."""
     bits = check_bits(bits)
     q = _check_packed(query_codes, "query codes", bits)
     db = _check_packed(db_codes, "database codes", bits)
@@ -377,53 +381,55 @@ def _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_b
     if engine == "numba":
         # read-only inputs (np.load with mmap_mode, say) would be another type to compile for
         prob.qw, prob.dbw = (a if a.flags.writeable else a.copy() for a in (prob.qw, prob.dbw))
-        _numba_ready(prob)
+        _numba_ready(prob, kernel)
     return prob
 
 
-def _numba_ready(prob: _Problem) -> None:
-    """Compile the numba kernels for this problem's argument types, or load them from the disk
-    cache: a call on zero queries, here in the calling thread, so that neither compilation nor
-    its memory happens inside the work (once per process and types; then a no-op)."""
+def _numba_ready(prob: _Problem, kernel: str) -> None:
+    """Compile a numba kernel ("map" or "evaluate") for this problem's argument types, or load
+    it from the disk cache: a call on zero queries, here in the calling thread, so that neither
+    compiling nor its memory happens inside the work (once per process and types, then a no-op;
+    a cold compile takes ~2 s, a load from the cache ~0.3 s for the first kernel of a process)."""
     kernels = _numba_kernels()
     nb, dtype = prob.bits + 1, _dist_dtype(prob.bits)
     dist, hist = np.empty((1, 1), dtype), np.empty((1, nb), np.int64)
     ranked, start = np.zeros(8, np.bool_), np.empty(nb, np.int64)
-    i64, f64 = np.empty(0, np.int64), np.empty(0)
     q, db = prob.labels.q, prob.labels.db
-    kernels.map_at_k_rows(prob.qw, prob.dbw, q, db, 0, 0, 1, 256, dist, hist, ranked, start, i64, f64)
-    stats = _Stats.empty(0, nb, 1)
-    kernels.evaluate_rows(prob.qw, prob.dbw, q, db, 0, 0, np.ones(1, np.int64), 256, dist, ranked,
-                          start, stats.hist, stats.rhist, stats.hits_at, stats.s_at, stats.s_all)
+    if kernel == "map":
+        one = np.empty(1, np.int64)
+        kernels.map_at_k_rows(prob.qw, prob.dbw, q, db, 0, 0, 1, 256, 0, 0, dist, hist, dist,
+                              hist[:, :1], dist, one, one, ranked, start, one[:0], np.empty(0))
+    else:
+        stats = _Stats.empty(0, nb, 1)
+        kernels.evaluate_rows(prob.qw, prob.dbw, q, db, 0, 0, np.ones(1, np.int64), 256, dist, ranked,
+                              start, stats.hist, stats.rhist, stats.hits_at, stats.s_at, stats.s_all)
 
 
-def _numba_parallel(prob: _Problem, q0: int, q1: int, ranked_len: int, call) -> None:
-    """Run ``call(a, b, dist, hist, ranked, start)`` over queries [q0, q1) in pieces of cb
-    queries, on _threads() threads that take the next piece when done.
-
-    Each thread has its own scratch: dist (cb, ndb) distances, hist (cb, bits+1) int64, ranked
-    (ranked_len rounded up to 8,) bool, start (bits+1,) int64. cb: at most _NUMBA_BLOCK_ROWS,
-    a dist block of at most _NUMBA_BLOCK_BYTES, all threads' dist and ranked within chunk_bytes,
-    a piece per thread at least; and at least 1."""
-    n = q1 - q0
+def _numba_blocks(prob: _Problem, n: int, fixed_bytes: int, query_bytes: int) -> tuple[int, int]:
+    """(threads, cb) for n queries: threads = min(_threads(), n); cb queries per piece, each
+    thread holding fixed_bytes + cb * query_bytes of scratch. cb: at most _NUMBA_BLOCK_ROWS,
+    cb * query_bytes at most _NUMBA_BLOCK_BYTES (re-read from cache), all threads' scratch within
+    chunk_bytes, at most ceil(n / threads) (a piece for every thread); and at least 1."""
     threads = min(_threads(), n)
-    dtype = _dist_dtype(prob.bits)
-    row = prob.ndb * np.dtype(dtype).itemsize
-    cb = int(max(1, min(_NUMBA_BLOCK_ROWS, _NUMBA_BLOCK_BYTES // row,
-                        (prob.chunk_bytes // threads - ranked_len) // row, -(-n // threads))))
+    cb = min(_NUMBA_BLOCK_ROWS, _NUMBA_BLOCK_BYTES // query_bytes,
+             (prob.chunk_bytes // threads - fixed_bytes) // query_bytes, -(-n // threads))
+    return threads, int(max(1, cb))
+
+
+def _numba_parallel(q0: int, q1: int, threads: int, cb: int, scratch, call) -> None:
+    """Run ``call(a, b, *buffers)`` over queries [q0, q1) in pieces [a, b) of cb queries, on
+    ``threads`` threads that each take the next piece when done; each thread makes its own
+    buffers once with ``scratch()``. The kernels release the GIL."""
     pieces = deque((a, min(q1, a + cb)) for a in range(q0, q1, cb))
 
     def worker() -> None:
-        dist = np.empty((cb, prob.ndb), dtype)
-        hist = np.empty((cb, prob.bits + 1), np.int64)
-        ranked = np.empty(8 * -(-ranked_len // 8), np.bool_)  # read as uint64 words
-        start = np.empty(prob.bits + 1, np.int64)
+        buffers = scratch()
         while True:
             try:
                 a, b = pieces.popleft()
             except IndexError:
                 return
-            call(a, b, dist, hist, ranked, start)
+            call(a, b, *buffers)
 
     if threads == 1:
         worker()
@@ -434,7 +440,14 @@ def _numba_parallel(prob: _Problem, q0: int, q1: int, ranked_len: int, call) -> 
 
 
 def _numba_tile(prob: _Problem) -> int:
+    """Database items per tile: _NUMBA_TILE_BYTES of code words."""
     return max(64, _NUMBA_TILE_BYTES // (8 * prob.qw.shape[1]))
+
+
+def _ranked(n: int) -> np.ndarray:
+    """A relevance-by-rank scratch of n ranks, rounded up to whole uint64 words (the kernels read
+    it 8 ranks at a time)."""
+    return np.empty(8 * -(-n // 8), np.bool_)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,13 +460,8 @@ def _cutoff_estimate(dist: np.ndarray, k: int, bits: int) -> np.ndarray:
     c, ndb = dist.shape
     if k >= ndb:
         return np.full(c, bits, np.int64)
-    if ndb <= _SAMPLE_COLS:
-        sample, target = dist, k
-    else:
-        s = _SAMPLE_COLS
-        sample = dist[:, (np.arange(s, dtype=np.int64) * ndb) // s]
-        m = k * s / ndb
-        target = min(s, math.ceil(m + 3.0 * math.sqrt(m) + 2.0))
+    s, target = _sample_plan(ndb, k)
+    sample = dist if s == ndb else dist[:, (np.arange(s, dtype=np.int64) * ndb) // s]
     nb = bits + 1
     flat = sample.astype(np.int64) + (np.arange(c, dtype=np.int64) * nb)[:, None]
     cum = np.cumsum(np.bincount(flat.ravel(), minlength=c * nb).reshape(c, nb), axis=1)
@@ -516,18 +524,55 @@ def _ap_at_k_block(dist: np.ndarray, q0: int, prob: _Problem) -> tuple[np.ndarra
     return hits, num
 
 
+def _sample_plan(ndb: int, k: int) -> tuple[int, int]:
+    """(s, target): estimate the top-K cutoff from s evenly spaced items (j = i * ndb // s) as
+    the smallest distance within which >= target of them lie. The whole database and target K
+    (exact) when ndb <= _SAMPLE_COLS, else a margin of three standard deviations over the
+    expected count, so that the estimated ball rarely holds fewer than K items."""
+    if ndb <= _SAMPLE_COLS:
+        return ndb, k
+    s = _SAMPLE_COLS
+    m = k * s / ndb
+    return s, min(s, math.ceil(m + 3.0 * math.sqrt(m) + 2.0))
+
+
 def _ap_at_k_numba(prob: _Problem) -> tuple[np.ndarray, np.ndarray]:
-    """numba engine: (hits within the top K, AP@K numerator) of every query, as _ap_at_k_block."""
+    """numba engine: (hits within the top K, AP@K numerator) of every query, as _ap_at_k_block.
+
+    Sampled mode (see hashbench._evaluate_numba.map_at_k_rows) when K is small against ndb: room
+    for max(_CANDIDATES_PER_K * K, ndb / 64) candidates per query, at most half the database;
+    else exact mode."""
     kernels = _numba_kernels()
+    k, ndb, nb = prob.topk, prob.ndb, prob.bits + 1
+    dtype = _dist_dtype(prob.bits)
+    size = np.dtype(dtype).itemsize
+    tile = _numba_tile(prob)
+    room = min(ndb, max(_CANDIDATES_PER_K * k, ndb // 64))
+    sample, target = _sample_plan(ndb, k) if ndb > _SAMPLE_COLS and 2 * room <= ndb else (0, 0)
     hits = np.empty(prob.nq, np.int64)
     num = np.empty(prob.nq)
-    tile = _numba_tile(prob)
 
-    def call(a, b, dist, hist, ranked, start):
-        kernels.map_at_k_rows(prob.qw, prob.dbw, prob.labels.q, prob.labels.db, a, b, prob.topk, tile,
-                              dist, hist, ranked, start, hits[a:b], num[a:b])
+    if sample:  # per query a tile of distances and the candidates; per thread one row to redo
+        threads, cb = _numba_blocks(prob, prob.nq, ndb * size + k, tile * size + room * (8 + size))
 
-    _numba_parallel(prob, 0, prob.nq, prob.topk, call)
+        def scratch():
+            return (np.empty((1, ndb), dtype), np.empty((1, nb), np.int64), np.empty((cb, tile), dtype),
+                    np.empty((cb, room), np.int64), np.empty((cb, room), dtype), np.empty(cb, np.int64),
+                    np.empty(cb, np.int64), _ranked(k), np.empty(nb, np.int64))
+    else:  # per query its whole distance row
+        threads, cb = _numba_blocks(prob, prob.nq, k, ndb * size)
+
+        def scratch():
+            one = np.empty(1, np.int64)
+            return (np.empty((cb, ndb), dtype), np.empty((cb, nb), np.int64), np.empty((1, 1), dtype),
+                    np.empty((1, 1), np.int64), np.empty((1, 1), dtype), one, one, _ranked(k),
+                    np.empty(nb, np.int64))
+
+    def call(a, b, *buffers):
+        kernels.map_at_k_rows(prob.qw, prob.dbw, prob.labels.q, prob.labels.db, a, b, k, tile, sample,
+                              target, *buffers, hits[a:b], num[a:b])
+
+    _numba_parallel(0, prob.nq, threads, cb, scratch, call)
     return hits, num
 
 
@@ -546,7 +591,7 @@ def map_at_k(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     counts. Equal, bit for bit, to ``evaluate(...)["map"]`` and across engines. engine and
     memory as in ``evaluate``.
     """
-    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes, engine)
+    prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes, engine, "map")
     if prob.engine == "numba":
         hits, num = _ap_at_k_numba(prob)
     else:
@@ -632,15 +677,20 @@ def _stats_numba(prob: _Problem, q0: int, q1: int, cuts: np.ndarray) -> _Stats:
     """numba engine: _Stats of queries q0..q1-1 (see hashbench._evaluate_numba.evaluate_rows)."""
     kernels = _numba_kernels()
     out = _Stats.empty(q1 - q0, prob.bits + 1, len(cuts))
-    tile = _numba_tile(prob)
+    dtype, tile = _dist_dtype(prob.bits), _numba_tile(prob)
+    row = prob.ndb * np.dtype(dtype).itemsize
+    threads, cb = _numba_blocks(prob, q1 - q0, prob.ndb, row)
 
-    def call(a, b, dist, hist, ranked, start):
+    def scratch():
+        return np.empty((cb, prob.ndb), dtype), _ranked(prob.ndb), np.empty(prob.bits + 1, np.int64)
+
+    def call(a, b, dist, ranked, start):
         r = slice(a - q0, b - q0)
         kernels.evaluate_rows(prob.qw, prob.dbw, prob.labels.q, prob.labels.db, a, b, cuts, tile,
                               dist, ranked, start, out.hist[r], out.rhist[r], out.hits_at[r],
                               out.s_at[r], out.s_all[r])
 
-    _numba_parallel(prob, q0, q1, prob.ndb, call)
+    _numba_parallel(q0, q1, threads, cb, scratch, call)
     return out
 
 
@@ -688,10 +738,12 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     - numpy engine: queries in chunks of c = clip(chunk_bytes // (24 * ndb), 1, 4096) rows; peak
       working memory at most 24 * c * ndb + 96 * ndb bytes (<= 2 * chunk_bytes once c >= 4): the
       distance block, an XOR scratch, and per row a stable argsort and gathers.
-    - numba engine: per thread, a block of cb <= 32 distance rows (uint8, uint16 above 255 bits)
-      and an ndb-byte (``map_at_k``: K-byte) ranking, cb cut so that all threads' scratch fits
-      chunk_bytes (at least one row each); the statistics of up to
-      clip(chunk_bytes // (128 * (bits + 1 + len(pk_points) + 1)), 1, 4096) queries at a time.
+    - numba engine: per thread, a block of cb <= 32 distance rows (uint8, uint16 above 255 bits;
+      at most 4 MiB) and an ndb-byte ranking (``map_at_k``: K bytes; for K << ndb one row, and
+      per query a tile of distances and room for max(8 K, ndb / 64) candidates of 9-10 bytes),
+      cb cut so that all threads' scratch fits chunk_bytes (but at least one query each); the
+      statistics of up to clip(chunk_bytes // (128 * (bits + 2 + len(pk_points))), 1, 4096)
+      queries at a time.
     """
     prob = _prepare(query_codes, db_codes, query_labels, db_labels, bits, topk, chunk_bytes, engine)
     ndb, nb = prob.ndb, prob.bits + 1

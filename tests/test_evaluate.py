@@ -591,3 +591,31 @@ def test_numpy_engine_without_numba_installed(tmp_path):
     q, d = pack_codes(rng.random((20, 12)) < 0.5), pack_codes(rng.random((300, 12)) < 0.5)
     here = evaluate(q, d, rng.integers(0, 3, 20), rng.integers(0, 3, 300), bits=12, topk=50)
     assert _without_engine(res) == _without_engine(here)
+
+
+@needs_numba
+@pytest.mark.parametrize("nbits, multi", [(10, False), (10, True), (100, False)], ids=["single", "multi", "2words"])
+def test_numba_sampled_top_k_and_its_redos(nbits, multi, monkeypatch):
+    """numba map_at_k for K << ndb keeps only the items within a sampled cutoff; a query whose
+    cutoff keeps fewer than K items (sample underestimated) or more than the room for
+    candidates is redone exactly. All three happen here, and every answer is the reference's."""
+    monkeypatch.setattr(ev, "_SAMPLE_COLS", 32)
+    monkeypatch.setattr(ev, "_CANDIDATES_PER_K", 4)
+    monkeypatch.setattr(ev, "_NUMBA_TILE_BYTES", 8)  # several tiles
+    rng = np.random.default_rng(nbits + multi)
+    nq, ndb, k = 24, 900, 60
+    qbits, dbits, ql, dl = make_data(rng, nq, ndb, nbits, multi)
+    sampled = (np.arange(32) * ndb) // 32
+    dbits[sampled] = qbits[0]  # query 0: the sample says "all near", the rest is not
+    dbits[rng.integers(0, ndb, 300)] = qbits[1]  # query 1: ~260 items at distance 0 > room (240)
+    qp, dp = pack_codes(qbits), pack_codes(dbits)
+    room = max(4 * k, ndb // 64)
+    assert ev._sample_plan(ndb, k)[0] == 32 and 2 * room <= ndb  # sampled mode
+    dist = hamming_distances(qp, dp)
+    kept = (dist <= ev._cutoff_estimate(dist, k, nbits)[:, None]).sum(axis=1)
+    assert kept[0] < k and kept[1] > room and ((kept >= k) & (kept <= room)).any()
+    want = reference(qbits, dbits, ql, dl, k, [1], curves=False)["map"]
+    got = map_at_k(qp, dp, ql, dl, bits=nbits, topk=k, engine="numba")
+    assert got == map_at_k(qp, dp, ql, dl, bits=nbits, topk=k, engine="numpy")
+    assert got == evaluate(qp, dp, ql, dl, bits=nbits, topk=k, engine="numba")["map"]
+    assert got == pytest.approx(want, abs=1e-12)
