@@ -128,7 +128,10 @@ def hash_features(method: Any, head: Any, batches: Iterable[Any], device: Any) -
         with torch.no_grad():
             for f in batches:
                 for i in range(0, len(f), ENCODE_BATCH):
-                    chunk = torch.as_tensor(f[i:i + ENCODE_BATCH]).to(device, torch.float32)
+                    part = f[i:i + ENCODE_BATCH]
+                    if isinstance(part, np.ndarray) and not part.flags.writeable:
+                        part = part.copy()  # a cached array, shared by every run: hash_codes gets its own
+                    chunk = torch.as_tensor(part).to(device, torch.float32)
                     out.append(_as_codes(method.hash_codes(head, chunk), method, len(chunk)))
     finally:
         head.train(was_training)

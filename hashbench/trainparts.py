@@ -132,7 +132,7 @@ class BankBatches:
     """
 
     def __init__(self, bank: np.ndarray, batch_size: int, seed: int, device: Any) -> None:
-        self.bank = torch.from_numpy(bank)
+        self.bank = banks.tensor_of(bank)  # shares the (possibly read-only, cached) array; only read
         if device.type == "cuda":
             self.bank = self.bank.to(device)
         self.n, self.views = bank.shape[0], bank.shape[1]

@@ -33,10 +33,11 @@ def _fresh_registry(monkeypatch, tmp_path_factory):
 
 
 def _clear_process_caches():
-    from hashbench import runner
+    from hashbench import banks, runner
 
     runner._load_splits.cache_clear()
     runner._load_features.cache_clear()
+    banks.clear_memory()
 
 
 @pytest.fixture

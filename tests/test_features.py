@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import hashbench
+from hashbench import banks
 from hashbench.components import Splits
 from hashbench.config import Experiment
 from hashbench.errors import HashbenchError
@@ -153,7 +154,8 @@ def test_preflight_checks_a_deep_methods_backbone(plugins, cli, tmp_path, monkey
 
 def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, with_plugin, tmp_path, monkeypatch, tiny_images):
     """A shallow method on backbone features and a deep method on tokens of the same backbone:
-    each split gets one backbone pass for both kinds; the runs then compute nothing."""
+    each split gets one backbone pass for both kinds, each distinct image computed once (the
+    train images inside the database are copied); the runs then compute nothing."""
     import torch
 
     from hashbench.deep import DeepHashMethod, TrainConfig
@@ -187,7 +189,8 @@ def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, w
     passes = []
     real = TimmBackbone.outputs
     monkeypatch.setattr(TimmBackbone, "outputs",  # passes over more than one image (not shape probes)
-                        lambda self, x, names=("pooled",): (len(x) > 1 and passes.append(tuple(names))) or real(self, x, names))
+                        lambda self, x, names=("pooled",): (len(x) > 1 and passes.append((tuple(names), len(x))))
+                        or real(self, x, names))
     grid = Experiment(methods=["itq", "token-head"], datasets=["tiny-images"], bits=[8], seeds=[0, 1],
                       features=TINY).grid()
     done = warm_caches(grid, tmp_path, progress=False)
@@ -195,8 +198,12 @@ def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, w
         ("bank light x2", ("tokens",), False),
         *[(f"clean {s}", ("pooled", "tokens"), False) for s in ("database", "query", "train", "val")],
     ]
-    # one pass per split (each < 256 images) for both kinds; the bank: one per view, tokens only
-    assert sorted(passes) == [("pooled", "tokens")] * 4 + [("tokens",)] * 2
+    # both kinds in each pass; the 120 distinct images once each (train 40, val 20, query 20, and
+    # the database's 80 minus its 40 train images); the bank: 40 images x 2 views, tokens only
+    assert {names for names, _ in passes} == {("pooled", "tokens"), ("tokens",)}
+    assert sum(n for names, n in passes if names == ("pooled", "tokens")) == 120
+    assert sum(n for names, n in passes if names == ("tokens",)) == 40 * 2
+    assert max(n for _, n in passes) < banks.FORWARD_BATCH + banks.MIN_FORWARD
     passes.clear()
     summaries = run_grid(grid, tmp_path, progress=False)
     assert [s["status"] for s in summaries] == ["done"] * 4

@@ -161,22 +161,30 @@ def _count_passes(monkeypatch, backbone):
     return calls
 
 
+def _chunks(n):
+    """The forward passes of one cache pass over n images: FORWARD_BATCH images at a time."""
+    return [min(banks.FORWARD_BATCH, n - i) for i in range(0, n, banks.FORWARD_BATCH)]
+
+
 def test_one_pass_gives_pooled_and_tokens_as_separate_passes_do(monkeypatch, tmp_path):
     backbone = hashbench.create("backbone", "test_efficientnet", pretrained=False, input_size=32)
     calls = _count_passes(monkeypatch, backbone)
     both = banks.clean_outputs(backbone, TRAIN.x, ["pooled", "tokens"])
-    assert calls == [48] and not both["pooled"][1]["cache_hit"] and not both["tokens"][1]["cache_hit"]
+    assert calls == _chunks(48) and not both["pooled"][1]["cache_hit"] and not both["tokens"][1]["cache_hit"]
     assert both["pooled"][0].shape == (48, 256) and both["tokens"][0].shape == (48, 1, 256)
     calls.clear()
     again = banks.clean_outputs(backbone, TRAIN.x, ["tokens", "pooled"])  # cached: no pass
     assert calls == [] and again["pooled"][1]["cache_hit"] and again["tokens"][1]["cache_hit"]
+    lazy = banks.clean_outputs(backbone, TRAIN.x, ["tokens"], fetch=False)  # warming: held in memory
+    assert calls == [] and lazy["tokens"][0] is both["tokens"][0]
+    banks.clear_memory()
     lazy = banks.clean_outputs(backbone, TRAIN.x, ["tokens"], fetch=False)  # warming: header only
     assert calls == [] and isinstance(lazy["tokens"][0], np.memmap)
     assert np.array_equal(lazy["tokens"][0], both["tokens"][0])
     monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path / "fresh"))
     pooled, _ = banks.clean_features(backbone, TRAIN.x, "pooled")
     tokens, _ = banks.clean_features(backbone, TRAIN.x, "tokens")
-    assert calls == [48, 48]
+    assert calls == _chunks(48) * 2
     assert np.array_equal(pooled, both["pooled"][0]) and np.array_equal(tokens, both["tokens"][0])
     with torch.no_grad():  # pooled is the model's own forward; for this CNN the mean of its tokens
         own = backbone.module(backbone.preprocess(TRAIN.x)).numpy()
@@ -185,7 +193,7 @@ def test_one_pass_gives_pooled_and_tokens_as_separate_passes_do(monkeypatch, tmp
     # a bank of both kinds: one augmentation and one pass per view, values as separate banks
     calls.clear()
     banks_both = banks.view_banks(backbone, TRAIN.x, "light", 3, ["pooled", "tokens"])
-    assert calls == [48] * 3
+    assert calls == _chunks(48) * 3
     monkeypatch.setenv("HASHBENCH_CACHE", str(tmp_path / "fresh2"))
     for output in ("pooled", "tokens"):
         alone, info = banks.view_bank(backbone, TRAIN.x, "light", 3, output)
