@@ -49,6 +49,10 @@ def best_of(repeats: int, fn):
     return min(times), times[0], out
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set, MiB: VmHWM on Linux (ru_maxrss there also counts the
     parent's pages at fork), else ru_maxrss."""
@@ -114,7 +118,7 @@ def child(args) -> dict:
         index = faiss.IndexBinaryFlat(args.bits)
         index.add(dp)
         out["seconds"], out["first"], _ = best_of(args.repeats, lambda: index.search(qp, k))
-        out["info"] = f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads"
+        out["info"] = f"faiss {faiss.__version__}, {plural(faiss.omp_get_max_threads(), 'thread')}"
     elif what == "loop":
         from hashbench.evaluate import map_at_k
 
@@ -137,7 +141,7 @@ def child(args) -> dict:
             args.repeats, lambda: fn(qp, dp, ql, dl, bits=args.bits, topk=k, engine=engine))
         out["result"] = res
         if engine == "numba":
-            out["info"] = f"{ev._threads()} threads"
+            out["info"] = plural(ev._threads(), "thread")
     out["peak_mb"] = peak_rss_mb()
     return out
 
