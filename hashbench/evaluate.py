@@ -665,7 +665,8 @@ def _stats_numpy(dist: np.ndarray, q0: int, prob: _Problem, cuts: np.ndarray) ->
         del order
         out.hist[i] = np.diff(n_le, prepend=0)
         out.rhist[i] = np.diff(np.searchsorted(hits, n_le, side="left"), prepend=0)
-        # s after each relevant item, left to right: (1/r_1, + 2/r_2, ...), with 0 before any
+        # s[h]: the first h terms i / r_i (r_i the 1-based rank of the i-th relevant item)
+        # summed left to right, as the numba kernel does; s[0] = 0
         s = np.concatenate([[0.0], np.cumsum(np.arange(1, len(hits) + 1) / (hits + 1))])
         out.hits_at[i] = np.searchsorted(hits, cuts, side="left")
         out.s_at[i] = s[out.hits_at[i]]
