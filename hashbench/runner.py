@@ -42,7 +42,7 @@ from .progress import StepLog, duration, logs_progress
 from .registry import create, registry
 from .store import CURVES, RECORD_METRICS, RunRecord, RunStore
 
-VERSIONED = ("hashbench", "numpy", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
+VERSIONED = ("hashbench", "numpy", "numba", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def perform(config: RunConfig, workdir: Path | None = None) -> RunRecord:
         features=features,
         timings=timings,
         training=method.report(),
-        versions=package_versions(extra),
+        versions={**package_versions(extra), "eval_engine": result["engine"]},
     )
 
 
