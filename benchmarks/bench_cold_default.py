@@ -6,6 +6,7 @@ Run (from the repository root, with the project's venv; ~20-30 min on 2 cores; a
     .venv/bin/python benchmarks/bench_cold_default.py
     .venv/bin/python benchmarks/bench_cold_default.py --old <commit> --new <commit> --order new-old
     .venv/bin/python benchmarks/bench_cold_default.py --quick   # a 2-run grid: checks the script
+    .venv/bin/python benchmarks/bench_cold_default.py --grid "--bits 32 --seeds 0"   # a smaller case
 
 Defaults: ``--old`` is :data:`BEFORE`, the commit before the first change of the speed-up (issue
 14 item 1); ``--new`` is HEAD. Uncommitted changes are not measured: commit first.
@@ -50,6 +51,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -253,7 +255,8 @@ def report(old: dict, new: dict, commits: dict[str, str], reference: str, args: 
     moves = {k: max((abs(v - ref[key]) for key, v in c.items() if key in ref), default=float("nan"))
              for k, c in cells.items()}
     same = cells["old"] == cells["new"] and bool(cells["new"])
-    grid = "the default grid (`hashbench run`, no arguments)" if not args.quick else f"`hashbench run {' '.join(QUICK)}` (--quick: not the goal's grid)"
+    grid = (f"`hashbench run {' '.join(args.grid_args)}` (not the goal's grid)" if args.grid_args
+            else "the default grid (`hashbench run`, no arguments)")
     lines = [
         "# The cold default, old vs new (issue 14 item 1)",
         "",
@@ -338,6 +341,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "hashbench-bench-cold")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cold_default.md")
     parser.add_argument("--quick", action="store_true", help=f"the grid {' '.join(QUICK)} (checks the script)")
+    parser.add_argument("--grid", default=None,
+                        help="other arguments of hashbench run, e.g. '--bits 32 --seeds 0' (a smaller case, not the goal's)")
     parser.add_argument("--keep", action="store_true", help="keep each run's cache and results")
     parser.add_argument("--clean", action="store_true", help="remove the worktrees and venvs afterwards")
     args = parser.parse_args()
@@ -346,7 +351,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     installs = {label: install(commit, args.workdir) for label, commit in commits.items()}
     print(f"installed: {', '.join(f'{k} {v[:12]} -> {installs[k][1]}' for k, v in commits.items())}", flush=True)
-    grid = QUICK if args.quick else []
+    grid = QUICK if args.quick else shlex.split(args.grid) if args.grid else []
+    args.grid_args = grid
     results = {}
     for label in args.order.split("-"):
         print(f"{label}: hashbench run {' '.join(grid)} (cold) ...", flush=True)
