@@ -38,6 +38,7 @@ def _clear_process_caches():
     runner._load_splits.cache_clear()
     runner._load_features.cache_clear()
     banks.clear_memory()
+    banks._THREADED_FORWARD_OK.clear()
 
 
 @pytest.fixture

@@ -213,3 +213,56 @@ def test_openmp_waiting_defaults_and_keeps_what_is_set():
     env = {"GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "ACTIVE"}
     openmp_waiting(env)
     assert env == {"GOMP_SPINCOUNT": "0", "OMP_WAIT_POLICY": "ACTIVE"}
+
+
+@pytest.fixture
+def two_torch_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_worker_threads_give_the_bits_of_one_pass(monkeypatch, two_torch_threads):
+    """Two workers of one thread each (on a first chunk checked against two threads); the
+    process's thread count is restored afterwards."""
+    import threading
+
+    backbone = tiny_backbone()
+    x = images(100, 12)
+    reference = {output: one_pass(backbone, x, output) for output in ("pooled", "tokens")}
+    callers: list[tuple[str, int]] = []
+    real = backbone.outputs
+    monkeypatch.setattr(backbone, "outputs", lambda x, names=("pooled",): (
+        len(x) > 1 and callers.append((threading.current_thread().name, torch.get_num_threads()))) or real(x, names))
+    got = banks.clean_outputs(backbone, x, ["pooled", "tokens"])
+    for output in ("pooled", "tokens"):
+        np.testing.assert_array_equal(got[output][0], reference[output])
+    workers = {name for name, threads in callers if name.startswith("hashbench-forward")}
+    assert workers and all(threads == 1 for name, threads in callers if name in workers)
+    assert banks._THREADED_FORWARD_OK[next(iter(k for k in banks._THREADED_FORWARD_OK))] is True
+    assert torch.get_num_threads() == 2
+    bank, _ = banks.view_bank(backbone, x[:40], "light", 2, "tokens")  # the bank's chunks in workers too
+    banks.clear_memory()
+    monkeypatch.setattr(banks, "MAX_FORWARD_WORKERS", 1)  # one worker: the plain loop
+    monkeypatch.setenv("HASHBENCH_CACHE", os.environ["HASHBENCH_CACHE"] + "-plain")
+    plain, _ = banks.view_bank(backbone, x[:40], "light", 2, "tokens")
+    np.testing.assert_array_equal(bank, plain)
+
+
+def test_workers_are_not_used_when_their_bits_differ(monkeypatch, two_torch_threads):
+    backbone = tiny_backbone()
+    x = images(100, 13)
+    reference = one_pass(backbone, x, "pooled")
+    real = banks.Forwarder.forward
+
+    def skewed(self, chunk):  # a worker's forward off in the last bit
+        out = real(self, chunk)
+        if torch.get_num_threads() == 1:
+            out = {k: np.nextafter(v, np.inf) for k, v in out.items()}
+        return out
+
+    monkeypatch.setattr(banks.Forwarder, "forward", skewed)
+    got, _ = banks.clean_features(backbone, x)
+    np.testing.assert_array_equal(got, reference)
+    assert list(banks._THREADED_FORWARD_OK.values()) == [False] and torch.get_num_threads() == 2

@@ -186,6 +186,7 @@ def test_warm_caches_computes_what_a_grid_reads_in_one_pass_per_split(plugins, w
             return head(f.mean(1)) >= 0
 
     with_plugin("both", register_datasets=lambda: [tiny_images], register_methods=lambda: [TokenHead])
+    monkeypatch.setattr(banks, "MAX_FORWARD_WORKERS", 1)  # no first-chunk check of worker threads (test_cache_memory)
     passes = []
     real = TimmBackbone.outputs
     monkeypatch.setattr(TimmBackbone, "outputs",  # passes over more than one image (not shape probes)
