@@ -736,14 +736,14 @@ def openmp_waiting(environ: Any = os.environ) -> None:
 
     libgomp's default spins ~300,000 times (milliseconds) before sleeping: on a small shared
     machine that makes small training steps up to ~100x slower when another process holds a
-    core. Passive waiting (``OMP_WAIT_POLICY=PASSIVE``) sleeps at once, and waking a thread for
-    each of the many small operations of a training step or a small-batch backbone pass costs
-    ~25-45% of their time on a quiet machine; ``GOMP_SPINCOUNT`` (:data:`SPIN_COUNT`, tens of
-    microseconds) bridges the gaps between consecutive operations and then sleeps. Measured on
-    2 cores (tf_efficientnet_lite0 at 64 px; a CIBHash epoch on banked features): quiet,
-    1.3-1.45x faster than passive; with another process holding a core, ~1.2-1.35x slower than
-    passive (set ``GOMP_SPINCOUNT=0`` on a machine shared with other jobs). Results do not
-    depend on it.
+    core. Passive waiting (``OMP_WAIT_POLICY=PASSIVE``) sleeps at once, and then waking the
+    threads for each of the many small operations of a training step costs a third of its time
+    on a quiet machine; ``GOMP_SPINCOUNT`` = :data:`SPIN_COUNT` (tens of microseconds) bridges
+    the gaps between consecutive operations, then sleeps. Measured on 2 cores, one epoch on
+    banked features: CIBHash 0.72-0.76 s passive -> 0.54-0.56 s, BiHalf 0.23-0.24 s -> 0.145 s;
+    with another process busy on a core 1.18x (CIBHash) and 1.46x (BiHalf) slower than passive
+    (``GOMP_SPINCOUNT=0`` restores passive waiting on a machine shared with other jobs).
+    Results do not depend on it.
     """
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
