@@ -41,7 +41,8 @@ bits). So:
   a time, so the augmentation seeds are unchanged;
 * the chunks run in several threads whose operations use fewer threads each (:class:`Forwarder`:
   on 2 cores, two workers of one thread: no thread wake-ups between the many small operations,
-  ~1.3x the throughput), where that gives the same bits: checked on each backbone's first chunk;
+  ~1.2x the throughput on a quiet machine, ~1.5x with another process busy), where that gives
+  the same bits: checked on each backbone's first chunk;
 * each distinct image is computed once per process: clean outputs computed earlier in this
   process (same backbone, same cache root) are copied for the images they share, found by
   their content (:func:`image_keys`), e.g. the train and val images inside the database;
