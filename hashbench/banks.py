@@ -112,6 +112,15 @@ class CacheRead:
     bank: tuple[str, int] | None = None
 
 
+def _file_stamp(path: Any) -> str:
+    """``"<size> <mtime_ns>"`` of a file, or ``"missing"``: what identifies its content in a key."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
 def content_hash(x: Any) -> str:
     """24 hex digits identifying images ``x``: sha256 of a uint8 array's shape and bytes, or of
     an ImageFiles' root, paths and each file's size and mtime."""
@@ -122,13 +131,7 @@ def content_hash(x: Any) -> str:
     elif isinstance(x, ImageFiles):
         digest.update(f"files {x.root}\n".encode())
         for i in range(len(x)):
-            path = x.path(i)
-            try:
-                st = os.stat(path)
-                stamp = f"{st.st_size} {st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            digest.update(f"{x.paths[i]}\0{stamp}\n".encode())
+            digest.update(f"{x.paths[i]}\0{_file_stamp(x.path(i))}\n".encode())
     else:
         raise HashbenchError(f"images must be a uint8 array or ImageFiles, got {type(x).__name__}")
     return digest.hexdigest()[:24]
@@ -142,16 +145,8 @@ def image_keys(x: Any) -> list[bytes]:
         rows = np.ascontiguousarray(x).reshape(len(x), -1)
         return [hashlib.blake2b(head + row.tobytes(), digest_size=16).digest() for row in rows]
     if isinstance(x, ImageFiles):
-        keys = []
-        for i in range(len(x)):
-            path = x.path(i)
-            try:
-                st = os.stat(path)
-                stamp = f"{st.st_size} {st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            keys.append(hashlib.blake2b(f"files {path}\0{stamp}".encode(), digest_size=16).digest())
-        return keys
+        return [hashlib.blake2b(f"files {path}\0{_file_stamp(path)}".encode(), digest_size=16).digest()
+                for path in map(x.path, range(len(x)))]
     raise HashbenchError(f"images must be a uint8 array or ImageFiles, got {type(x).__name__}")
 
 
