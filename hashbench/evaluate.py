@@ -711,8 +711,9 @@ def _stat_blocks(prob: _Problem, cuts: np.ndarray) -> Iterator[tuple[int, _Stats
 
 def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk: int | None = None,
              pk_points: Sequence[int] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             engine: str | None = None) -> dict:
-    """Evaluate Hamming ranking retrieval; return a JSON-serializable dict of metrics.
+             engine: str | None = None, per_query: bool = False) -> dict:
+    """Evaluate Hamming ranking retrieval; return a JSON-serializable dict of metrics (with
+    ``per_query``, also the per-query values, see below).
 
     Inputs: packed uint8 codes (nq, W) and (ndb, W), W = ceil(bits/8), bits in 1..1024 (padding
     bits zero); labels 1-D integer class ids (relevant = same class) or 2-D multi-hot {0,1}/bool
@@ -730,7 +731,10 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
     [0..bits], precision, recall} (ball of each radius, same rules), ``precision_at_k`` {k,
     precision}, ``num_queries``, ``num_database``, ``bits``, ``engine`` (the one that ran).
     Ranking is by distance, ties by database index (stable), except for map_tie_aware. All means
-    are over all queries.
+    are over all queries. With ``per_query``, ``per_query`` {metric: float64 (nq,) array, in
+    query order} holds the value of each of ``map``, ``map_full``, ``map_tie_aware``,
+    ``precision_h2`` and ``recall_h2`` for every query (each metric is their mean; arrays, so
+    that entry is not JSON).
 
     Memory, on top of the inputs, their uint64 word copies and the per-query results
     (O(nq * (bits + len(pk_points))) floats); results do not depend on chunk_bytes (per-query
@@ -783,7 +787,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
 
     nq = prob.nq
     prec_curve, rec_curve = prec.mean(axis=0), rec.mean(axis=0)
-    return {
+    result = {
         "map": float(ap_k.mean()),
         "topk": int(prob.topk),
         "map_full": float(ap_full.mean()),
@@ -801,3 +805,7 @@ def evaluate(query_codes, db_codes, query_labels, db_labels, *, bits: int, topk:
         "bits": int(prob.bits),
         "engine": prob.engine,
     }
+    if per_query:
+        result["per_query"] = {"map": ap_k, "map_full": ap_full, "map_tie_aware": ap_tie,
+                               "precision_h2": prec[:, r2].copy(), "recall_h2": rec[:, r2].copy()}
+    return result

@@ -40,7 +40,8 @@ from .evaluate import evaluate, pack_codes
 from .features import FeatureSpec, feature_splits, frozen_backbone
 from .progress import StepLog, duration, logs_progress
 from .registry import create, registry
-from .store import CURVES, RECORD_METRICS, RunRecord, RunStore
+from .queries import QueryValues
+from .store import CURVES, METRICS, RECORD_METRICS, RunRecord, RunStore
 
 VERSIONED = ("hashbench", "numpy", "numba", "scipy", "scikit-learn", "pandas", "pluggy", "torch", "torchvision", "timm")
 
@@ -121,10 +122,11 @@ def _handing_over(built: dict[str, Any]) -> Iterator[None]:
             _BUILT.pop(run_id, None)
 
 
-def perform(config: RunConfig, workdir: Path | None = None) -> RunRecord:
-    """Run one config and return its record: status ``done``, with its metrics, curves,
-    protocol, split sizes, features, timings, training report and versions (host, start and end
-    times and seconds are left to the caller, :func:`execute`). Exceptions propagate.
+def perform(config: RunConfig, workdir: Path | None = None) -> tuple[RunRecord, QueryValues]:
+    """Run one config and return its record (status ``done``, with its metrics, curves,
+    protocol, split sizes, features, timings, training report and versions; host, start and end
+    times and seconds are left to the caller, :func:`execute`) and its per-query values (by the
+    query split's ids). Exceptions propagate.
 
     ``workdir`` is a folder private to the run (deep methods keep their checkpoints there). The
     method is the one :func:`warm_caches` built for this run in this process, if any (never
@@ -158,12 +160,13 @@ def perform(config: RunConfig, workdir: Path | None = None) -> RunRecord:
     result = evaluate(
         pack_codes(query_codes), pack_codes(db_codes),
         splits.query.labels, splits.database.labels,
-        bits=config.bits, topk=protocol.topk,
+        bits=config.bits, topk=protocol.topk, per_query=True,
     )
     timings["eval_s"] = time.perf_counter() - t0
 
     extra = [d for d in (_plugin_distribution(config.method),) if d]
-    return RunRecord.new(
+    queries = QueryValues.of(splits.query.index, {m: result["per_query"][m] for m in METRICS})
+    record = RunRecord.new(
         config.to_dict(),
         status="done",
         metrics={k: result[k] for k in RECORD_METRICS},
@@ -175,6 +178,7 @@ def perform(config: RunConfig, workdir: Path | None = None) -> RunRecord:
         training=method.report(),
         versions={**package_versions(extra), "eval_engine": result["engine"]},
     )
+    return record, queries
 
 
 def _now() -> str:
@@ -200,8 +204,9 @@ def execute(task: RunTask) -> dict[str, Any]:
         t0 = time.perf_counter()
         workdir = Path(task.results_dir) / "checkpoints" / run_id
         interrupt: KeyboardInterrupt | None = None
+        queries = None
         try:
-            record = perform(config, workdir)
+            record, queries = perform(config, workdir)
             shutil.rmtree(workdir, ignore_errors=True)  # finished: only interrupted runs keep checkpoints
         except (Exception, SystemExit) as exc:  # a failing run is recorded and the grid goes on
             error = (f"SystemExit: the run called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
@@ -214,7 +219,7 @@ def execute(task: RunTask) -> dict[str, Any]:
             interrupt = exc
         record = dataclasses.replace(record, host=socket.gethostname(), started_at=started_at,
                                      seconds=time.perf_counter() - t0, finished_at=_now())
-        store.write(record)
+        store.write(record, queries)
         if interrupt is not None:
             raise interrupt
         return {"run_id": run_id, "status": record.status, "seconds": record.seconds, "error": record.error}

@@ -3,6 +3,7 @@
 Layout under a results folder::
 
     runs/<run-id>.json          the record of a run (status "done" or "failed")
+    runs/<run-id>.queries.npz   a done run's per-query values (:mod:`hashbench.queries`)
     runs/.locks/<run-id>.lock   held (flock) by the process running that run
     runs/superseded/            finished records replaced by ``--force`` (kept, never deleted)
     runs/unreadable/            truncated, corrupt or invalid records moved aside by ``run``
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HashbenchError
+from .queries import QueriesError, QueryValues, check_entry, sha256, sidecar_name
 
 #: the version of the record layout this hashbench writes; records without ``record_version``
 #: are version 0 (before the RunRecord schema) and are migrated when read (:func:`migrate`)
@@ -58,7 +60,8 @@ RECORD_METRICS = (*METRICS, "topk")
 CURVES = {"pr_curve": ("radius", "precision", "recall"), "precision_at_k": ("k", "precision")}
 #: method parameters that name a deep method's input (its backbone): a run's table column
 INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
-#: what a done record holds besides the keys of every record (absent from failed records)
+#: what a done record holds besides the keys of every record (absent from failed records); and
+#: ``per_query`` when the run kept its per-query values (absent from records written before)
 DONE_KEYS = ("metrics", "curves", "protocol", "splits", "features", "timings", "training")
 
 
@@ -162,7 +165,8 @@ class RunRecord(Mapping):
     ``curves`` (:data:`CURVES`), ``protocol``, ``splits`` (sizes), ``features`` (how images
     became features, or None), ``timings`` and ``training`` (the method's report); a failed
     one its ``traceback`` (None when the process running it died or was interrupted).
-    ``extra``: keys this version does not know, kept as they were.
+    ``per_query``: a done record's per-query file (:meth:`QueryValues.entry
+    <hashbench.queries.QueryValues.entry>`), None when the run kept none. ``extra``: keys this version does not know, kept as they were.
 
     It is also a read-only mapping of its JSON form (``record["status"]``, ``record.get(...)``,
     ``dict(record)``), for code written against the files.
@@ -186,6 +190,7 @@ class RunRecord(Mapping):
     features: dict[str, Any] | None = None
     timings: dict[str, float] | None = None
     training: dict[str, Any] | None = None
+    per_query: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     record_version: int = RECORD_VERSION
 
@@ -199,7 +204,7 @@ class RunRecord(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: the keys of every record, then the done keys (done records) or the
-        traceback (failed ones), then ``extra``."""
+        traceback (failed ones), ``per_query`` when there is one, then ``extra``."""
         out: dict[str, Any] = {"record_version": self.record_version, "run_id": self.run_id, "status": self.status,
                                "config": self.config, "label": self.label.to_dict(), "error": self.error,
                                "host": self.host, "started_at": self.started_at,
@@ -209,6 +214,8 @@ class RunRecord(Mapping):
         for key in DONE_KEYS:
             if self.status == "done" or getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.per_query is not None:
+            out["per_query"] = self.per_query
         out.update(self.extra)
         return out
 
@@ -304,7 +311,8 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
     ``error`` text; ``seconds``, where present, a finite number >= 0 or null. From version 1,
     ``record_version`` (a whole number, at most :data:`RECORD_VERSION`) and ``label``, whose
     method and dataset are the config's, whose changed values are the config's, and whose
-    ablation names its changed parameters. Version 0 has neither."""
+    ablation names its changed parameters. Version 0 has neither. A done record's
+    ``per_query``, when not null, names its own per-query file (:func:`hashbench.queries.check_entry`)."""
     from .config import run_id_of
 
     def bad(why: str) -> None:
@@ -363,6 +371,10 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
             bad(f"curve {name} lacks its lists ({', '.join(lists)})")
         if len({len(curve[k]) for k in lists}) != 1 or not all(_number(v) for k in lists for v in curve[k]):
             bad(f"curve {name} holds lists of unequal length or values that are not finite numbers")
+    if data.get("per_query") is not None:
+        why = check_entry(data["per_query"], data["run_id"], METRICS)
+        if why:
+            bad(why)
     return data
 
 
@@ -463,7 +475,13 @@ class RunStore:
     def path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
 
+    def sidecar_path(self, run_id: str) -> Path:
+        """The run's per-query file (:mod:`hashbench.queries`)."""
+        return self.runs_dir / sidecar_name(run_id)
+
     def _move_aside(self, path: Path, folder: str) -> Path:
+        """Move the record ``path`` (and its per-query file, if any, under the same new name
+        with the per-query suffix) into ``runs/<folder>/``; returns the record's new path."""
         target_dir = self.runs_dir / folder
         target_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -473,6 +491,9 @@ class RunStore:
             target = target_dir / f"{path.stem}.{stamp}-{n}{path.suffix}"
             n += 1
         os.replace(path, target)
+        sidecar = self.sidecar_path(path.stem)
+        if sidecar.exists():
+            os.replace(sidecar, target.with_name(sidecar_name(target.stem)))
         return target
 
     def read(self, run_id: str) -> RunRecord | None:
@@ -514,10 +535,12 @@ class RunStore:
         except UnreadableRecord:
             return False
 
-    def write(self, record: RunRecord | Mapping[str, Any]) -> Path:
+    def write(self, record: RunRecord | Mapping[str, Any], queries: QueryValues | None = None) -> Path:
         """THE writer: store ``record`` atomically as JSON (a mapping is taken as a record's
         JSON form, migrated if it is of an older version); a finished record it replaces goes to
-        ``runs/superseded/``, an unreadable one to ``runs/unreadable/``."""
+        ``runs/superseded/``, an unreadable one to ``runs/unreadable/`` (each with its per-query
+        file). ``queries``: a done run's per-query values, written atomically first to
+        ``runs/<run-id>.queries.npz``, then named in the record's ``per_query``."""
         record = as_record(record)
         path = self.path(record.run_id)
         if path.exists():
@@ -528,8 +551,39 @@ class RunStore:
                 self._move_aside(path, "unreadable")
             if previous is not None and previous.status == "done":
                 self._move_aside(path, "superseded")
+        if queries is not None:
+            if record.status != "done":
+                raise HashbenchError(f"run {record.run_id}: per-query values belong to a done record")
+            data = queries.to_bytes()
+            queries.check_means(record.metrics or {}, f"run {record.run_id}")
+            atomic_write_bytes(self.sidecar_path(record.run_id), data)
+            record = dataclasses.replace(record, per_query=queries.entry(record.run_id, data))
         atomic_write_json(path, record.to_dict())
         return path
+
+    def query_values(self, record: RunRecord) -> QueryValues | None:
+        """The per-query values of a done record, checked against it (the file's SHA-256, its
+        query count and metrics, each metric's mean); None when the record has no per-query
+        file (written before they existed). QueriesError, naming the file, when the file the
+        record names is missing, corrupt or another run's."""
+        entry = record.per_query
+        if entry is None:
+            return None
+        path = self.runs_dir / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise QueriesError(f"run {record.run_id}: cannot read its per-query file {path} ({exc.strerror}); "
+                               f"`hashbench run --force` reruns it") from None
+        if sha256(data) != entry["sha256"]:
+            raise QueriesError(f"{path}: not the file its record names (SHA-256 differs); "
+                               f"`hashbench run --force` reruns the run")
+        values = QueryValues.from_bytes(data, str(path))
+        if values.num_queries != entry["num_queries"] or sorted(values.values) != sorted(entry["metrics"]):
+            raise QueriesError(f"{path}: holds {values.num_queries} queries and {sorted(values.values)}, "
+                               f"its record says {entry['num_queries']} and {entry['metrics']}")
+        values.check_means(record.metrics or {}, str(path))
+        return values
 
     def migrate(self) -> dict[str, list[str]]:
         """Rewrite, in place and atomically, every valid record of an older version in the

@@ -166,9 +166,13 @@ def test_unreadable_record_is_moved_aside_and_rerun(cli, tmp_path):
     code, _, err = cli("run", *args)
     assert code == 0 and "1 done" in err and "1 skipped" in err
     assert f"unreadable record {broken}" in err
-    moved = list((results / "runs" / "unreadable").glob(broken.stem + ".*"))
-    assert len(moved) == 1 and moved[0].read_text() == '{"run_id": "lsh-synth'
+    moved = sorted((results / "runs" / "unreadable").glob(broken.stem + ".*"))
+    # the record and its per-query file go aside together, under one new name
+    assert [p.name[len(broken.stem):].split(".", 2)[-1] for p in moved] == ["json", "queries.npz"]
+    assert moved[0].read_text() == '{"run_id": "lsh-synth'
+    assert moved[1].name == moved[0].name[:-len(".json")] + ".queries.npz"
     assert json.loads(broken.read_text())["status"] == "done"
+    assert (results / "runs" / f"{broken.stem}.queries.npz").exists()  # the rerun's own
 
 
 def test_store_never_overwrites_a_finished_record_in_place(tmp_path, record_for):
