@@ -24,11 +24,14 @@ import yaml
 from .config import Experiment, RunConfig
 from .errors import HashbenchError
 from .registry import registry
-from .store import INPUT_KEYS, RunLabel, RunRecord, RunStore, Snapshot
+from .significance import QueryCells, Settings, annotate
+from .store import INPUT_KEYS, RunLabel, RunRecord, RunStore, Snapshot, as_record
 from .tables import (
     FORMATS,
     FRAME_COLUMNS,
     MEASURED,
+    SIGNIFICANCE_COLUMNS,
+    TIE_MARK,
     _latex_escape,
     check_formats,
     check_metric,
@@ -36,6 +39,7 @@ from .tables import (
     column_order,
     cutoffs,
     record_row,
+    significance_note,
     summary_frame,
     to_latex,
     to_markdown,
@@ -199,16 +203,37 @@ def _mark_failed(table: pd.DataFrame, failed: dict[tuple[str, str, int], int], e
     return table
 
 
+def default_setting(ablation: Ablation) -> str | None:
+    """The label of the setting whose varied values are the method's defaults, if one is."""
+    defaults = registry("method").get(ablation.method).default_params()
+    for setting in ablation.settings:
+        if all(json.dumps(defaults.get(k), sort_keys=True, default=str) == json.dumps(v, sort_keys=True, default=str)
+               for k, v in setting.values.items()):
+            return setting.label
+    return None
+
+
 def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], out_dir: str | Path,
-                         metric: str = "map", formats: Sequence[str] = FORMATS) -> tuple[str, list[Path]]:
+                         metric: str = "map", formats: Sequence[str] = FORMATS, store: RunStore | None = None,
+                         settings: Settings | None = None) -> tuple[str, list[Path]]:
     """Write ``<ablation.name>[-<metric>].md|.csv|.tex`` under ``out_dir`` (no metric suffix for
     map): rows the settings, columns (dataset, bits), cells mean ± std over seeds of ``metric``,
-    best per column in bold. Returns the Markdown text and the paths."""
+    best per column in bold. With ``store`` (the records' results folder), a setting whose
+    paired difference to the default setting (else to the column's best, when no setting is
+    the default) is not significant is marked (:mod:`hashbench.significance`). Returns the
+    Markdown text and the paths."""
     check_metric(metric)
     formats = check_formats(formats)
+    settings = settings or Settings()
     frame = ablation_frame(ablation, records)
-    done = frame[frame["status"] == "done"]
-    summary = summary_frame(done.astype({metric: float}), metric, published=False)
+    done = frame[frame["status"] == "done"].astype({metric: float})
+    default = default_setting(ablation)
+    marks = None
+    if store is not None and not done.empty:
+        references = {(d, int(b)): default for d, b in done[["dataset", "bits"]].drop_duplicates().itertuples(index=False)}
+        marks = annotate(done, QueryCells.of(store, [as_record(r) for r in records if r.get("status") == "done"],
+                                             metric), settings, references if default else None)
+    summary = summary_frame(done, metric, published=False, marks=marks)
     rows = [s.label for s in ablation.settings]
     columns = sorted({(MEASURED, _column(c.to_dict(), ablation.keys), c.bits) for c in ablation.configs},
                      key=column_order)
@@ -226,12 +251,15 @@ def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], 
     if failed:
         note += (f" {sum(failed.values())} runs failed: a cell marked 'failed' has no finished run; "
                  "'(k failed)': k seeds are missing from its mean.")
+    significance = significance_note(summary, settings, f"the default setting ({default})" if default
+                                     else "the column's best (no setting is the default)")
 
-    def table(bold, escape=lambda text: text):
-        wide = wide_table(summary, bold, escape, rows=rows, columns=columns)
+    def table(bold, escape=lambda text: text, tie=TIE_MARK["md"]):
+        wide = wide_table(summary, bold, escape, rows=rows, columns=columns, tie=tie)
         return _mark_failed(wide, failed, escape)
 
-    markdown = to_markdown(table(("**", "**")), metric, "", cutoffs(done), corner=ablation.method) + note + "\n"
+    markdown = to_markdown(table(("**", "**")), metric, "", cutoffs(done), corner=ablation.method,
+                           significance=significance) + note + "\n"
 
     def csv() -> str:
         """Long format: one line per (setting, dataset, bits), with each varied value in its column."""
@@ -245,6 +273,8 @@ def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], 
         long["method"] = ablation.method
         values = {s.label: s.values for s in ablation.settings}
         base = ["method", "setting", "dataset", "bits", "n", "failed", "mean", "std", "best"]
+        if marks is not None:
+            base += [c for c in SIGNIFICANCE_COLUMNS if settings.intervals or not c.startswith("ci_")]
         keys = [k for k in ablation.keys if k not in base]  # a field named like a column stays in 'setting'
         for key in keys:
             long[key] = [show(values[label][key]) for label in long["setting"]]
@@ -253,7 +283,8 @@ def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], 
     renderers = {
         "md": lambda: markdown,
         "csv": csv,
-        "latex": lambda: to_latex(table((r"\textbf{", "}"), _latex_escape), metric, corner=ablation.method),
+        "latex": lambda: to_latex(table((r"\textbf{", "}"), _latex_escape, TIE_MARK["latex"]), metric,
+                                  corner=ablation.method) + (f"% {significance}\n" if significance else ""),
     }
     stem = ablation.name if metric == "map" else f"{ablation.name}-{metric}"
     return markdown, write_formats(out_dir, stem, formats, renderers)

@@ -1,4 +1,4 @@
-"""The ``hashbench`` command: run, ablate, table, plot, report, evaluate, list.
+"""The ``hashbench`` command: run, ablate, table, compare, plot, report, evaluate, list.
 
 Bad input (an unknown name, a wrong bit count, a malformed file) prints one line
 ``hashbench: ...`` and exits with code 2; a grid with failed runs exits with code 1.
@@ -362,7 +362,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"],
                              done=snapshot.done)
     if not args.no_table:
-        markdown, paths = write_tables(store.records(since=snapshot), results_dir / "tables")
+        markdown, paths = write_tables(store.records(since=snapshot), results_dir / "tables", store=store)
         print(markdown)
         print(f"hashbench: tables written to {paths[0].parent}", file=sys.stderr)
     return 1 if counts.get("failed") else 0
@@ -398,7 +398,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"],
                              done=snapshot.done)
     markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir, since=snapshot),
-                                          results_dir / "tables", args.metric)
+                                          results_dir / "tables", args.metric, store=store)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 1 if counts.get("failed") else 0
@@ -406,17 +406,79 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- table
 
+def _stats_settings(args: argparse.Namespace, intervals: bool):
+    from .significance import Settings
+
+    return Settings(alpha=args.alpha, confidence=args.confidence, resamples=args.resamples, intervals=intervals)
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from .store import RunStore
-    from .tables import write_tables
+    from .tables import check_metric, write_tables
 
     results_dir = Path(args.results_dir)
     formats = parse_list(args.format, "format")
-    records = RunStore(results_dir).existing_records()
-    markdown, paths = write_tables(records, results_dir / "tables", args.metric, formats)
+    check_metric(args.metric)
+    settings = _stats_settings(args, intervals=args.ci)
+    store = RunStore(results_dir)
+    records = store.existing_records()
+    markdown, paths = write_tables(records, results_dir / "tables", args.metric, formats, store=store,
+                                   settings=settings)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .plots import slug
+    from .significance import QueryCells, all_markdown, compare_all, compare_pair, pair_markdown, write_comparison
+    from .store import RunStore
+    from .tables import check_metric, records_frame
+
+    check_metric(args.metric)
+    if args.all == bool(args.labels):
+        raise HashbenchError("compare takes two labels (hashbench compare nsh cibhash) or --all, not both")
+    if not args.all and len(args.labels) != 2:
+        raise HashbenchError(f"compare takes two labels (A B), got {len(args.labels)}: {' '.join(args.labels)}")
+    settings = _stats_settings(args, intervals=True)
+    results_dir = Path(args.results_dir)
+    store = RunStore(results_dir)
+    records = [r for r in store.existing_records() if r.status == "done"]
+    frame = records_frame(records)
+    cells = QueryCells.of(store, records, args.metric)
+    datasets = parse_list(args.datasets, "datasets") if args.datasets else None
+    bits = [int(b) for b in parse_list(args.bits, "bits")] if args.bits else None
+    suffix = "" if args.metric == "map" else f"-{args.metric}"
+    if args.all:
+        table = compare_all(frame, cells, settings, datasets, bits)
+        markdown, stem = all_markdown(table, args.metric, settings), f"compare-all{suffix}"
+    else:
+        a, b = (canonical_label(label) for label in args.labels)
+        table = compare_pair(frame, cells, a, b, settings, datasets, bits)
+        markdown, stem = pair_markdown(table, a, b, args.metric, settings), f"compare-{slug(a)}-vs-{slug(b)}{suffix}"
+    paths = write_comparison(table, markdown, results_dir / "tables", stem)
+    print(markdown)
+    print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def canonical_label(text: str) -> str:
+    """A row label as typed (``nsh``, ``nsh[sorter=exact]``, ``cibhash[stochastic=true]``) as the
+    tables spell it: values read as YAML scalars (as ``--set`` reads them), keys sorted."""
+    name, bracket, rest = text.strip().partition("[")
+    if not bracket:
+        return name
+    if not rest.endswith("]"):
+        raise HashbenchError(f"label '{text}': expected NAME[KEY=VALUE,...]")
+    from .store import param_label
+
+    items = {}
+    for item in rest[:-1].split(","):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise HashbenchError(f"label '{text}': expected NAME[KEY=VALUE,...], got '{item}'")
+        items[key.strip()] = _yaml_value(value.strip())
+    return param_label(name, dict(sorted(items.items())))
 
 
 # ----------------------------------------------------------------------------- plot, report
@@ -654,6 +716,32 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
     parser.before_parse.append(_add_executor_options)
 
 
+def _level(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got '{text}'") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {value:g}")
+    return value
+
+
+_level.__name__ = "level"
+
+
+def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the significance tests: ``--alpha``, ``--confidence``, ``--resamples``."""
+    from .stats import DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
+
+    parser.add_argument("--alpha", type=_level, default=DEFAULT_ALPHA,
+                        help=f"level of the paired tests, Holm-corrected (default {DEFAULT_ALPHA})")
+    parser.add_argument("--confidence", type=_level, default=DEFAULT_CONFIDENCE,
+                        help=f"level of the intervals (default {DEFAULT_CONFIDENCE})")
+    parser.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES,
+                        help=f"bootstrap replicates, >= 100 (default {DEFAULT_RESAMPLES})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hashbench", description="Benchmark suite for learning to hash.")
     from . import __version__
@@ -684,7 +772,21 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
     table.add_argument("--metric", default="map", help=", ".join(METRICS))
     table.add_argument("--format", default="md,csv,latex", help="comma-separated: md, csv, latex")
+    table.add_argument("--ci", action="store_true",
+                       help="show each cell's confidence interval (two-level bootstrap over seeds and queries)")
+    _add_stats_arguments(table)
     table.set_defaults(func=cmd_table)
+
+    compare = sub.add_parser("compare", help="paired tests between two rows of the tables (or all rows of each cell)")
+    compare.add_argument("labels", nargs="*", metavar="LABEL",
+                         help="two row labels, e.g. nsh cibhash, or 'nsh[sorter=exact]' nsh")
+    compare.add_argument("--all", action="store_true", help="rank every row of each (dataset, bits) cell instead")
+    compare.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; output to its tables/")
+    compare.add_argument("--datasets", help="comma-separated datasets or table columns (default: all)")
+    compare.add_argument("--bits", help="comma-separated code lengths (default: all)")
+    compare.add_argument("--metric", default="map", help=", ".join(METRICS))
+    _add_stats_arguments(compare)
+    compare.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="draw PR, precision@K, metric-vs-bits and ablation plots from run records")
     plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")

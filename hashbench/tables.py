@@ -21,10 +21,12 @@ import pandas as pd
 
 from .errors import HashbenchError
 from .registry import registry
+from .significance import QueryCells, Settings, annotate
 from .store import (
     INPUT_KEYS,
     METRICS,
     RunRecord,
+    RunStore,
     as_record,
     atomic_write_text,
     param_label,
@@ -167,8 +169,14 @@ def check_formats(formats: Iterable[str]) -> list[str]:
     return formats
 
 
-def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = True) -> pd.DataFrame:
-    """Long table: source, method, dataset, bits, n (seeds), mean, std, best.
+SIGNIFICANCE_COLUMNS = ["ci_low", "ci_high", "p_holm", "mark", "untested"]
+
+
+def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = True,
+                  marks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Long table: source, method, dataset, bits, n (seeds), mean, std, best, and with
+    ``marks`` (:func:`hashbench.significance.annotate` of ``frame``) its columns ci_low,
+    ci_high, p_holm, mark, untested.
 
     ``best`` marks the highest measured mean per (dataset, bits); published rows come from the
     protocols' ``published`` tables, for the datasets that have measured runs (none if not
@@ -176,6 +184,8 @@ def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = Tr
     """
     check_metric(metric)
     columns = ["source", "method", "dataset", "bits", "n", "mean", "std", "best"]
+    if marks is not None:
+        columns += SIGNIFICANCE_COLUMNS
     if frame.empty:
         return pd.DataFrame(columns=columns)
     grouped = frame.groupby(["method", "dataset", "bits"])[metric]
@@ -197,14 +207,24 @@ def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = Tr
                     published_rows.append({"source": PUBLISHED, "method": method, "dataset": protocol,
                                       "bits": int(bits), "n": 0, "mean": float(value),
                                       "std": float("nan"), "best": False})
-    out = pd.concat([measured, pd.DataFrame(published_rows, columns=columns)], ignore_index=True)
+    if marks is not None:
+        measured = measured.merge(marks, on=["method", "dataset", "bits"], how="left")
+    published_frame = pd.DataFrame(published_rows, columns=columns)
+    out = pd.concat([measured, published_frame], ignore_index=True) if published_rows else measured
     return out[columns].sort_values(["source", "dataset", "bits", "method"], ignore_index=True)
 
 
-def _cell(mean: float, std: float, n: int) -> str:
+def _cell(mean: float, std: float, n: int, low: float = math.nan, high: float = math.nan) -> str:
+    """``mean ± std`` (one run: the mean; published: 3 decimals); with an interval, ``mean [low, high]``."""
+    if not math.isnan(low):
+        return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
     if n > 1 and not math.isnan(std):
         return f"{mean:.4f} ± {std:.4f}"
     return f"{mean:.4f}" if n else f"{mean:.3f}"
+
+
+#: the marker of a cell not distinguishable from its column's reference, per output format
+TIE_MARK = {"md": "†", "latex": r"$^\dagger$", "html": "†"}
 
 
 def column_order(key: tuple[str, str, int]) -> tuple[bool, str, int]:
@@ -214,18 +234,24 @@ def column_order(key: tuple[str, str, int]) -> tuple[bool, str, int]:
 
 def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text: text,
                rows: list[str] | None = None,
-               columns: list[tuple[str, str, int]] | None = None) -> pd.DataFrame:
+               columns: list[tuple[str, str, int]] | None = None, tie: str = TIE_MARK["md"]) -> pd.DataFrame:
     """Rows: methods; columns: (block, dataset, bits) with block 'measured' or 'published'.
 
-    Cells are ``escape``d, then the best measured ones wrapped in ``bold``; a missing one is "–".
+    Cells are ``escape``d, then the best measured ones wrapped in ``bold``, then ``tie``
+    appended to those whose mark (a summary with significance columns) is "tie"; a missing
+    one is "–"; with ci_low/ci_high, a cell shows its interval instead of its std.
     ``rows`` and ``columns``, when given, fix the rows and columns and their order (by default:
     those of ``summary``, measured methods first, sorted).
     """
     cells: dict[tuple[str, str, int], dict[str, str]] = {}
+    marked = "mark" in summary.columns
     for row in summary.itertuples(index=False):
-        text = escape(_cell(row.mean, row.std, row.n))
+        low, high = (row.ci_low, row.ci_high) if marked else (math.nan, math.nan)
+        text = escape(_cell(row.mean, row.std, row.n, float(low), float(high)))
         if row.best:
             text = bold[0] + text + bold[1]
+        if marked and row.mark == "tie":
+            text += tie
         cells.setdefault((row.source, row.dataset, row.bits), {})[row.method] = text
     if not cells and rows is None and columns is None:
         return pd.DataFrame()
@@ -240,8 +266,29 @@ def wide_table(summary: pd.DataFrame, bold: tuple[str, str], escape=lambda text:
     return table.fillna(escape("–"))
 
 
-def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "", corner: str = "method") -> str:
-    """``corner``: the header of the row-label column."""
+def significance_note(summary: pd.DataFrame, settings: Settings, reference: str = "the column's best") -> str:
+    """What the markers and intervals of a summary with significance columns mean, and which
+    cells were not tested (and why); "" for a summary without them."""
+    if "mark" not in summary.columns:
+        return ""
+    measured = summary[summary["source"] == MEASURED]
+    parts = [f"{TIE_MARK['md']}: not distinguishable from {reference} ({settings.describe()})."]
+    if settings.intervals:
+        parts.append(f"[low, high]: {settings.confidence:.0%} interval of the mean (two-level bootstrap over seeds "
+                     "and queries).")
+    untested = measured[measured["untested"].fillna("") != ""]
+    if len(untested):
+        reasons = sorted(set(untested["untested"]))
+        names = [f"{r.method} {r.bits}b" for r in untested.itertuples(index=False)]
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        parts.append(f"Not tested ({len(names)} cells: {shown}): {'; '.join(reasons)}.")
+    return " ".join(parts)
+
+
+def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "", corner: str = "method",
+                significance: str = "", intervals: bool = False) -> str:
+    """``corner``: the header of the row-label column; ``significance``: :func:`significance_note`;
+    ``intervals``: the cells show intervals, not stds."""
     if table.empty:
         return f"_no finished runs_ ({metric})\n"
     header = [corner] + [
@@ -251,9 +298,12 @@ def to_markdown(table: pd.DataFrame, metric: str, sources: str, ks: str = "", co
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in table.iterrows():
         lines.append("| " + " | ".join([method, *row.tolist()]) + " |")
-    note = f"\n{metric}: mean ± std over seeds; best measured value per column in bold."
+    shown = "mean [interval] over seeds" if intervals else "mean ± std over seeds"
+    note = f"\n{metric}: {shown}; best measured value per column in bold."
     if metric == "map" and ks:
         note += f" mAP@K with {ks}."
+    if significance:
+        note += " " + significance
     if sources:
         note += f" Published: {sources}"
     return "\n".join(lines) + "\n" + note + "\n"
@@ -294,17 +344,39 @@ def published_sources(summary: pd.DataFrame) -> str:
     return "; ".join(f"{d}: {datasets.get(d).published_source}" for d in names if d in datasets)
 
 
-def write_tables(records: Iterable[dict[str, Any]], out_dir: str | Path, metric: str = "map",
-                 formats: Iterable[str] = FORMATS) -> tuple[str, list[Path]]:
-    """Write ``<metric>.md|.csv|.tex`` under ``out_dir``; returns the Markdown text and the paths."""
-    formats = check_formats(formats)
+def marked_summary(records: Sequence[RunRecord], metric: str, store: RunStore | None,
+                   settings: Settings | None, published: bool = True,
+                   references: Mapping[tuple[str, int], str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(records_frame, summary_frame) of ``records``; with a ``store`` (their results folder),
+    the summary carries the significance columns (:func:`hashbench.significance.annotate`:
+    against each column's best, or the ``references`` rows)."""
     frame = records_frame(records)
-    summary = summary_frame(frame, metric)
-    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame))
+    marks = None
+    if store is not None and not frame.empty:
+        marks = annotate(frame, QueryCells.of(store, records, metric), settings or Settings(), references)
+    return frame, summary_frame(frame, metric, published, marks)
+
+
+def write_tables(records: Sequence[RunRecord], out_dir: str | Path, metric: str = "map",
+                 formats: Iterable[str] = FORMATS, store: RunStore | None = None,
+                 settings: Settings | None = None) -> tuple[str, list[Path]]:
+    """Write ``<metric>.md|.csv|.tex`` under ``out_dir``; returns the Markdown text and the paths.
+
+    ``store``: the records' results folder: cells get their significance marks (and, with
+    ``settings.intervals``, intervals) from its per-query files; without it, none."""
+    formats = check_formats(formats)
+    settings = settings or Settings()
+    frame, summary = marked_summary(list(records), metric, store, settings)
+    note = significance_note(summary, settings)
+    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame),
+                           significance=note, intervals=settings.intervals and "mark" in summary.columns)
+    latex_note = "% " + note + "\n" if note else ""
+    long = summary if settings.intervals else summary.drop(columns=["ci_low", "ci_high"], errors="ignore")
     renderers = {
         "md": lambda: markdown,
-        "csv": lambda: summary.to_csv(index=False),
-        "latex": lambda: to_latex(wide_table(summary, (r"\textbf{", "}"), _latex_escape), metric),
+        "csv": lambda: long.to_csv(index=False),
+        "latex": lambda: to_latex(wide_table(summary, (r"\textbf{", "}"), _latex_escape, tie=TIE_MARK["latex"]),
+                                  metric) + latex_note,
     }
     return markdown, write_formats(out_dir, metric, formats, renderers)
 
