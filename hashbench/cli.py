@@ -430,8 +430,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .plots import slug
-    from .significance import QueryCells, all_markdown, compare_all, compare_pair, pair_markdown, write_comparison
+    from .significance import (QueryCells, all_markdown, compare_all, compare_pair, file_slug, pair_markdown,
+                               write_comparison)
     from .store import RunStore
     from .tables import check_metric, records_frame
 
@@ -455,7 +455,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         a, b = (canonical_label(label) for label in args.labels)
         table = compare_pair(frame, cells, a, b, settings, datasets, bits)
-        markdown, stem = pair_markdown(table, a, b, args.metric, settings), f"compare-{slug(a)}-vs-{slug(b)}{suffix}"
+        markdown, stem = pair_markdown(table, a, b, args.metric, settings), f"compare-{file_slug(a)}-vs-{file_slug(b)}{suffix}"
     paths = write_comparison(table, markdown, results_dir / "tables", stem)
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)

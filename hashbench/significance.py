@@ -20,6 +20,7 @@ two cells over different queries are never paired (an error).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,6 +299,11 @@ def all_markdown(table: pd.DataFrame, metric: str, settings: Settings) -> str:
     if len(untested):
         lines.append(f"Not tested ({len(untested)} rows): {'; '.join(sorted(set(untested['untested'])))}.")
     return "\n".join(lines) + "\n"
+
+
+def file_slug(label: str) -> str:
+    """A row label as part of a file name: ``nsh[sorter=exact]`` -> ``nsh-sorter-exact``."""
+    return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-") or "x"
 
 
 def write_comparison(table: pd.DataFrame, markdown: str, out_dir: Path, stem: str) -> list[Path]:
