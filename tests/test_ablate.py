@@ -67,9 +67,12 @@ def test_ablation_table_rows_columns_mean_std(cli, tmp_path):
     rows = table_rows(markdown)
     assert [r[0] for r in rows] == ["iterations=0", "iterations=5", "iterations=50"]  # the order given
     for col in (1, 2):
-        assert all(re.fullmatch(rf"(\*\*)?{CELL}(\*\*)?", r[col]) for r in rows)
+        # † after a setting not distinguishable from the default one (iterations=50)
+        assert all(re.fullmatch(rf"(\*\*)?{CELL}(\*\*)?†?", r[col]) for r in rows)
         assert sum(r[col].startswith("**") for r in rows) == 1  # best per column in bold
+        assert not rows[2][col].endswith("†")  # the default is the reference
     assert "mean ± std over seeds" in markdown and "itq with iterations varied" in markdown
+    assert "†: not distinguishable from the default setting (iterations=50)" in markdown
 
     # each cell is the mean ± sample std over the seeds of exactly its runs
     maps: dict[tuple[int, int], list[float]] = {}
@@ -80,11 +83,12 @@ def test_ablation_table_rows_columns_mean_std(cli, tmp_path):
         for col, bits in ((1, 8), (2, 16)):
             values = maps[iterations, bits]
             assert len(values) == 2
-            assert row[col].strip("*") == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+            assert row[col].rstrip("†").strip("*") == f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
     csv = pd.read_csv(tables / "ablation-itq-iterations.csv")
     assert list(csv.columns) == ["method", "setting", "iterations", "dataset", "bits", "n", "failed",
-                                 "mean", "std", "best"]
+                                 "mean", "std", "best", "p_holm", "mark", "untested"]
+    assert list(csv["mark"])[4:] == ["reference", "reference"]  # iterations=50, the default
     assert len(csv) == 6 and set(csv["n"]) == {2} and set(csv["failed"]) == {0}
     assert list(csv["iterations"]) == [0, 0, 5, 5, 50, 50] and list(csv["bits"]) == [8, 16] * 3
     assert csv.groupby("bits")["best"].sum().tolist() == [1, 1]
