@@ -9,7 +9,9 @@ One figure per
 - dataset + input: ``<metric>-vs-bits-<slug>``, one line per method, mean ± std over seeds (the
   numbers of ``hashbench table``);
 - ablation: ``<table stem>`` (``ablation-<method>-<key>[-<key2>][-<metric>]``), the metric per
-  setting, mean ± std over seeds, one series per (dataset, bits) column of the table.
+  setting, mean ± std over seeds, one series per (dataset, bits) column of the table;
+- the results folder: ``cd-diagram[-<metric>]``, the critical-difference diagram (Demšar 2006)
+  of the methods' baselines over the (dataset, bits) cells they share (:func:`rank_data`).
 
 ``<slug>`` is the table's column label (``fashion-mnist (tf_efficientnet_lite0 pretrained
 64px)``) in lower case with every run of other characters turned into ``-``.
@@ -48,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import HashbenchError
+from .stats import DEFAULT_ALPHA, RankTest, friedman_nemenyi
 from .store import INPUT_KEYS, METRIC_LABELS, RunRecord, as_record, atomic_write_bytes
 from .tables import (
     check_metric,
@@ -199,7 +202,7 @@ class AblationData:
     settings: list[str]           # row labels ("sorter=exact", "positives=1, sorter=exact")
     values: dict[str, dict[str, Any]]  # setting -> {key: value}
     columns: list[tuple[str, int]]
-    cells: dict[tuple[str, str, int], dict[str, Any]]  # (setting, dataset, bits) -> n, failed, mean, std, best
+    cells: dict[tuple[str, str, int], dict[str, Any]]  # (setting, dataset, bits) -> n, failed, mean, std, best, run_ids
     source: str                   # where the numbers come from: "records"
     note: str = ""
     defaults: set[str] = field(default_factory=set)  # the baseline's settings (the defaults when it ran)
@@ -279,12 +282,16 @@ def _ablation_of(method: str, keys: list[str], recs: list[RunRecord], base: list
         if any(id(rec) in baseline for rec in group):
             defaults.add(label)
         by_column: dict[tuple[str, int], list[float]] = {}
+        run_ids: dict[tuple[str, int], list[str]] = {}
         for rec in group:
-            by_column.setdefault(column(rec, rows[id(rec)]), []).append(float(rec.metrics[metric]))
+            key = column(rec, rows[id(rec)])
+            by_column.setdefault(key, []).append(float(rec.metrics[metric]))
+            run_ids.setdefault(key, []).append(rec.run_id)
         for (dataset, bits), vals in by_column.items():
             cells[label, dataset, bits] = {
                 "n": len(vals), "failed": 0, "mean": float(np.mean(vals)),
-                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), "best": False}
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"), "best": False,
+                "run_ids": run_ids[dataset, bits]}
     for dataset, bits in columns:
         here = [cells[s, dataset, bits]["mean"] for s in settings if (s, dataset, bits) in cells]
         for s in settings:
@@ -311,6 +318,121 @@ def ablation_data(records: Iterable[RunRecord | Mapping[str, Any]], metric: str 
     return ablations_from_records(records, metric)
 
 
+# ----------------------------------------------------------------------------- critical difference
+
+MIN_RANK_METHODS, MIN_RANK_CELLS = 3, 2
+
+
+def baseline_scores(records: Iterable[RunRecord | Mapping[str, Any]], metric: str = "map") -> pd.DataFrame:
+    """Cells x methods: each method's baseline mean of ``metric`` over seeds (the table's
+    number), NaN where it has none. Rows: the (dataset, bits) cells, sorted; columns: per
+    method its one baseline label (:func:`shown_methods`; a method without a single baseline
+    label is left out), sorted. Ablation variants never enter."""
+    check_metric(metric)
+    frame = records_frame(done_records(records))
+    if frame.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["dataset", "bits"]), dtype=float)
+    shown = shown_methods(frame["method"])
+    single = [label for label in shown if sum(base_method(other) == base_method(label) for other in shown) == 1]
+    rows = frame[frame["method"].isin(single)].astype({metric: float})
+    means = rows.groupby(["dataset", "bits", "method"])[metric].mean()
+    return means.unstack("method").sort_index().sort_index(axis=1)
+
+
+def rank_selection(scores: pd.DataFrame) -> tuple[list[str], list[tuple[str, int]]] | None:
+    """The methods and cells to rank from :func:`baseline_scores`: the method set S and the
+    cells holding all of S that maximise |S| x (number of those cells), with |S| >= 3 and at
+    least 2 cells (ties: more cells, then the first set in sorted order); None when no set
+    qualifies. The sets tried are the cells' own method sets and all their intersections,
+    so the maximum is exact (an optimal S's cells' common set contains S and covers them)."""
+    present = {cell: frozenset(scores.columns[scores.loc[cell].notna()]) for cell in scores.index}
+    candidates = {s for s in present.values() if len(s) >= MIN_RANK_METHODS}
+    fresh = set(candidates)
+    while fresh:
+        fresh = {a & b for a in fresh for b in candidates
+                 if len(a & b) >= MIN_RANK_METHODS} - candidates
+        candidates |= fresh
+    best: tuple[tuple[int, int], frozenset[str], list[Any]] | None = None
+    for candidate in sorted(candidates, key=sorted):
+        covered = [cell for cell in scores.index if candidate <= present[cell]]
+        if len(covered) < MIN_RANK_CELLS:
+            continue
+        key = (len(candidate) * len(covered), len(covered))
+        if best is None or key > best[0]:
+            best = (key, candidate, covered)
+    if best is None:
+        return None
+    return sorted(best[1]), [(str(d), int(b)) for d, b in best[2]]
+
+
+@dataclass
+class RankData:
+    """A critical-difference diagram: the rank test (:func:`hashbench.stats.friedman_nemenyi`)
+    of ``methods`` over ``cells``; ``scores`` the ranked means (cells x methods);
+    ``left_out_methods`` and ``left_out_cells`` the folder's baselines and cells not ranked."""
+
+    metric: str
+    test: RankTest
+    methods: list[str]
+    cells: list[tuple[str, int]]
+    scores: pd.DataFrame
+    left_out_methods: list[str] = field(default_factory=list)
+    left_out_cells: list[tuple[str, int]] = field(default_factory=list)
+    ks: list[int] = field(default_factory=list)  # the K of mAP@K of its cells, when known
+
+
+def cell_label(dataset: str, bits: int) -> str:
+    return f"{dataset} {bits}b"
+
+
+def rank_data(records: Iterable[RunRecord | Mapping[str, Any]], metric: str = "map",
+              alpha: float = DEFAULT_ALPHA) -> RankData | str:
+    """The critical-difference diagram of the records' baselines (:func:`baseline_scores`,
+    :func:`rank_selection`, then Friedman's test and Nemenyi's critical difference at
+    ``alpha``), or a one-line reason why there is none."""
+    scores = baseline_scores(records, metric)
+    chosen = rank_selection(scores)
+    if chosen is None:
+        return (f"No critical-difference diagram: it needs at least {MIN_RANK_METHODS} methods sharing at least "
+                f"{MIN_RANK_CELLS} (dataset, bits) cells, and the folder's baselines ({scores.shape[1]} methods "
+                f"over {scores.shape[0]} cells) have none.")
+    methods, cells = chosen
+    used = scores.loc[cells, methods]
+    test = friedman_nemenyi(used.to_numpy(), methods, [cell_label(d, b) for d, b in cells], alpha)
+    return RankData(metric, test, methods, cells, used,
+                    [m for m in scores.columns if m not in methods],
+                    [(str(d), int(b)) for d, b in scores.index if (str(d), int(b)) not in cells])
+
+
+def _number(value: float) -> str:
+    return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
+
+
+def rank_caption(data: RankData) -> str:
+    """The diagram's caption: the test, its numbers, the cells used and what was left out."""
+    test, k, n = data.test, len(data.methods), len(data.cells)
+    by_dataset: dict[str, list[int]] = {}
+    for dataset, bits in data.cells:
+        by_dataset.setdefault(dataset, []).append(bits)
+    cells = "; ".join(f"{d} at {', '.join(map(str, b))} bits" for d, b in by_dataset.items())
+    statistic = ("undefined (every method ties in every cell)" if math.isnan(test.statistic)
+                 else f"{test.statistic:.2f}")
+    parts = [(f"Average rank (1 = best) of each method's {metric_label(data.metric, data.ks)} (its mean over "
+              f"seeds) over N = {n} cells, k = {k} methods. Friedman chi-square = {statistic} "
+              f"({k - 1} degrees of freedom), p = {_number(test.p_value)}; Nemenyi's critical difference "
+              f"CD = {test.critical_difference:.3f} at alpha = {test.alpha:g}: a bar joins methods whose "
+              "average ranks differ by less (not distinguishable).")]
+    if test.p_value > test.alpha:
+        parts.append("Friedman's test does not reject equal ranks, so no pair is shown to differ.")
+    parts.append(f"Cells: {cells}.")
+    if data.left_out_methods:
+        parts.append(f"Left out: {', '.join(data.left_out_methods)} (not run in every one of these cells).")
+    if data.left_out_cells:
+        parts.append(f"Cells left out (without all {k} methods): "
+                     f"{', '.join(cell_label(d, b) for d, b in data.left_out_cells)}.")
+    return " ".join(parts)
+
+
 # ----------------------------------------------------------------------------- figures
 
 @dataclass
@@ -318,7 +440,7 @@ class Plot:
     """One figure: what it shows and the data it is drawn from."""
 
     stem: str
-    kind: str                  # "pr", "pk", "bits", "ablation"
+    kind: str                  # "pr", "pk", "bits", "ablation", "cd"
     title: str
     dataset: str | None = None
     bits: int | None = None
@@ -339,7 +461,8 @@ MARKERS = "osD^vPX*h<>p"
 
 
 def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metric: str = "map") -> list[Plot]:
-    """The figures for these records, in report order: per dataset, metric against bits, then
+    """The figures for these records, in report order: the critical-difference diagram (when
+    :func:`rank_data` finds methods and cells to rank); per dataset, metric against bits, then
     per bits PR and P@K; then the ablations."""
     check_metric(metric)
     done = done_records(records)
@@ -352,6 +475,12 @@ def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metri
     names = slugs(datasets)
     ks = {d: sorted({int(k) for k in frame.loc[frame["dataset"] == d, "topk"].dropna()}) for d in datasets}
     plots = []
+    ranked = rank_data(done, metric)
+    if isinstance(ranked, RankData):
+        ranked.ks = sorted({k for dataset, _ in ranked.cells for k in ks.get(dataset, [])})
+        plots.append(Plot("cd-diagram" + ("" if metric == "map" else f"-{metric}"), "cd",
+                          f"Critical difference: {metric_label(metric, ranked.ks)}, {len(ranked.methods)} methods "
+                          f"over {len(ranked.cells)} cells", data=ranked, caption=rank_caption(ranked)))
     for dataset in datasets:
         if dataset in by_bits:
             plots.append(Plot(f"{metric}-vs-bits-{names[dataset]}", "bits",
@@ -477,14 +606,82 @@ def _draw_ablation(ax, plot: Plot) -> None:
     ax.set_ylabel(ylabel)
 
 
+CD_ROW_INCHES = 0.24        # one label row of the diagram
+CD_CHAR_INCHES = 0.065      # one character of its labels (8.5 pt), for the side margins
+
+
+def cd_layout(data: RankData) -> dict[str, Any]:
+    """Where the diagram's parts go, in data units (x: average rank; y: label rows, the rank
+    axis at 0, up positive), and the figure size (inches) that gives each row
+    :data:`CD_ROW_INCHES` and the labels room on both sides."""
+    test = data.test
+    names = list(test.average_ranks)
+    k = len(names)
+    half = (k + 1) // 2
+    labels = {m: f"{m} ({test.average_ranks[m]:.2f})" for m in names}
+    label_in = 0.3 + CD_CHAR_INCHES * max(len(text) for text in labels.values())
+    width = SIZE[0]
+    span_in = max(width - 2 * label_in - 0.3, 2.0)
+    right = max(k, 1 + test.critical_difference)
+    margin = label_in * (right - 1) / span_in
+    groups = test.groups()
+    first_row = -(0.9 + 0.45 * len(groups))
+    rows = {m: first_row - i for i, m in enumerate(names[:half])}
+    rows |= {m: first_row - i for i, m in enumerate(reversed(names[half:]))}
+    bottom, top = first_row - half + 0.4, 2.6
+    height = (top - bottom) * CD_ROW_INCHES + 0.6  # and the title
+    return {"labels": labels, "left": names[:half], "rows": rows, "groups": groups,
+            "xlim": (1 - margin, right + margin), "ylim": (bottom, top), "size": (width, height), "k": k}
+
+
+def _draw_cd(ax, plot: Plot) -> None:
+    """The classic critical-difference diagram: the rank axis 1..k (best on the left) on top,
+    the CD bar above it, each method's name joined by a line to its average rank (the better
+    half on the left, the others on the right), a thick bar under each group of methods not
+    distinguishable (:meth:`hashbench.stats.RankTest.groups`)."""
+    data: RankData = plot.data
+    layout = cd_layout(data)
+    ranks = data.test.average_ranks
+    k = layout["k"]
+    ax.set_axis_off()
+    ax.set_xlim(*layout["xlim"])
+    ax.set_ylim(*layout["ylim"])
+    line = {"color": "black", "linewidth": 1.0, "solid_capstyle": "butt"}
+    ax.plot([1, k], [0, 0], **line)
+    for tick in np.arange(1, k + 0.01, 0.5):
+        whole = float(tick).is_integer()
+        ax.plot([tick, tick], [0, 0.35 if whole else 0.2], **line)
+        if whole:
+            ax.text(tick, 0.5, str(int(tick)), ha="center", va="bottom", fontsize=9)
+    cd = data.test.critical_difference
+    ax.plot([1, 1 + cd], [1.9, 1.9], **{**line, "linewidth": 1.6})
+    for end in (1, 1 + cd):
+        ax.plot([end, end], [1.75, 2.05], **line)
+    ax.text(1 + cd / 2, 2.1, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
+    pad = 0.04 * (layout["xlim"][1] - layout["xlim"][0]) / 2
+    for method, y in layout["rows"].items():
+        x = ranks[method]
+        left = method in layout["left"]
+        end = 1 - pad if left else k + pad
+        ax.plot([x, x, end], [0, y, y], color="black", linewidth=0.8)
+        ax.text(end - pad / 2 if left else end + pad / 2, y, layout["labels"][method], ha="right" if left else "left",
+                va="center", fontsize=8.5)
+    for j, group in enumerate(layout["groups"]):
+        y = -0.55 - 0.45 * j
+        ax.plot([ranks[group[0]] - 0.03, ranks[group[-1]] + 0.03], [y, y], color="black", linewidth=4,
+                solid_capstyle="round")
+
+
 def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict[str, Any]) -> list[Path]:
     """Draw ``plot`` and save ``<out_dir>/<stem>.<fmt>`` per format; returns the paths."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=cd_layout(plot.data)["size"] if plot.kind == "cd" else SIZE, dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     ax.grid(True, alpha=0.3)
-    if plot.kind in ("pr", "pk"):
+    if plot.kind == "cd":
+        _draw_cd(ax, plot)
+    elif plot.kind in ("pr", "pk"):
         _draw_curves(ax, plot, colors)
     elif plot.kind == "bits":
         _draw_bits(ax, plot, colors)

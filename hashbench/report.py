@@ -1,11 +1,15 @@
 """One static HTML page of a results folder: ``hashbench report`` -> ``<results>/report/index.html``.
 
-The page holds the comparison table (the content of ``tables/<metric>.md``, best values in bold),
-the ablation tables, every plot of ``hashbench plot`` (PNG embedded as base64 data URIs), the
-protocol facts and the environment recorded by the runs, and the list of runs, each with its
-full resolved config. It is self-contained: no server, no network, no external file; it opens
-from disk. The plots are always regenerated first (``plots/``, PNG and PDF), so the page never
-shows figures older than the records.
+The page holds the comparison table (the content of ``tables/<metric>.md`` as ``hashbench table
+--ci`` writes it: best values in bold, each cell's interval, † where a cell is not distinguishable
+from its column's best) with the critical-difference diagram of the methods, the ablation tables
+(each setting marked † against the default setting), every plot of ``hashbench plot`` (PNG
+embedded as base64 data URIs), the protocol facts and the environment recorded by the runs, and
+the list of runs, each with its full resolved config. The intervals and marks come from the
+runs' per-query files (:mod:`hashbench.significance`); a cell of runs recorded without them is
+shown all the same, and the caption says it was not tested. It is self-contained: no server,
+no network, no external file; it opens from disk. The plots are always regenerated first
+(``plots/``, PNG and PDF), so the page never shows figures older than the records.
 
 ``--screenshot`` then renders the page in headless Chromium (``chromium``, or the program named
 by ``HASHBENCH_CHROMIUM``) and saves ``report/screenshot.png`` (1280 x 1600).
@@ -14,6 +18,7 @@ by ``HASHBENCH_CHROMIUM``) and saves ``report/screenshot.png`` (1280 x 1600).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import os
@@ -38,19 +43,27 @@ from .plots import (
     done_records,
     make_plots,
     metric_label,
+    rank_data,
 )
+from .significance import QueryCells, Settings, annotate
+from .store import RunRecord, RunStore
 from .tables import (
     MEASURED,
     PUBLISHED,
+    TIE_MARK,
     check_metric,
     cutoffs,
     labelled_rows,
+    marked_summary,
     published_sources,
     records_frame,
-    summary_frame,
+    significance_note,
     to_markdown,
     wide_table,
 )
+
+#: how the page compares cells: the default tests, with intervals
+REPORT_SETTINGS = Settings(intervals=True)
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SCREENSHOT_SIZE = (1280, 1600)
@@ -79,6 +92,8 @@ th.pub, td.pub { background: #f7f3e8; color: #555; }
 figure { margin: 0; border: 1px solid #e3e6eb; border-radius: 4px; padding: 6px; background: #fff; }
 figure img { width: 100%; height: auto; display: block; }
 figcaption { font-size: 12px; color: #555; }
+.cd { max-width: 820px; margin: 8px 0; }
+.wide { overflow-x: auto; }
 details pre { max-height: 360px; overflow: auto; background: #f4f5f7; padding: 6px; font-size: 12px; }
 .failed { color: #b00020; font-weight: 600; }
 footer { color: #777; font-size: 12px; padding: 0 32px 24px; }
@@ -130,45 +145,118 @@ def html_table(table: pd.DataFrame, corner: str = "method") -> str:
         cells = "".join(f'<td{" class=pub" if key[0] == PUBLISHED else ""}>{text}</td>'
                         for key, text in zip(table.columns, row.tolist()))
         rows.append(f"<tr><td>{esc(label)}</td>{cells}</tr>")
-    return f'<table class="cmp">{_header(list(table.columns), corner)}<tbody>{"".join(rows)}</tbody></table>'
+    return (f'<div class=wide><table class="cmp">{_header(list(table.columns), corner)}<tbody>{"".join(rows)}'
+            "</tbody></table></div>")
 
 
-def comparison_section(records: Sequence[dict[str, Any]], metric: str) -> str:
-    frame = records_frame(records)
-    summary = summary_frame(frame, metric)
-    table = wide_table(summary, ("<strong>", "</strong>"), esc)
-    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame))
+def _shown(settings: Settings, marks: pd.DataFrame) -> Settings:
+    """``settings`` as a caption should tell them: without intervals when no cell has one
+    (runs without per-query values)."""
+    has_intervals = "ci_low" in marks.columns and bool(marks["ci_low"].notna().any())
+    return settings if has_intervals else dataclasses.replace(settings, intervals=False)
+
+
+def procedure_note(settings: Settings) -> str:
+    """How the page's intervals, marks and diagram are made, in two sentences."""
+    return (f"Intervals: {settings.confidence:.0%} two-level bootstrap over training seeds and queries, paired over "
+            f"the same queries; {TIE_MARK['html']} marks a cell whose difference to the column's best (in an "
+            f"ablation: to the default setting) is not significant at alpha {settings.alpha:g} after Holm's "
+            "correction within the column. The critical-difference diagram ranks the methods' baselines in each "
+            "(dataset, bits) cell and joins by a bar those whose average ranks differ by less than Nemenyi's "
+            "critical difference (Friedman's test first).")
+
+
+def rank_figure(records: Sequence[RunRecord], plots: Sequence[Plot], metric: str) -> str:
+    """The critical-difference diagram of ``plots``, or one line saying why there is none."""
+    drawn = next((p for p in plots if p.kind == "cd" and p.files), None)
+    if drawn is not None:
+        return f"<div class=cd>{_img(drawn)}</div>"
+    reason = rank_data(records, metric)
+    text = reason if isinstance(reason, str) else "No critical-difference diagram was drawn."
+    return f"<p class=note>{esc(text)}</p>"
+
+
+def comparison_section(records: Sequence[RunRecord], metric: str, store: RunStore | None = None,
+                       plots: Sequence[Plot] = (), settings: Settings = REPORT_SETTINGS) -> str:
+    """The comparison table; with ``store`` (the records' results folder) each cell's interval
+    and mark (:func:`hashbench.tables.marked_summary`) and their caption; then the
+    critical-difference diagram of ``plots`` (or why there is none) and the procedure."""
+    frame, summary = marked_summary(records, metric, store, settings)
+    table = wide_table(summary, ("<strong>", "</strong>"), esc, tie=TIE_MARK["html"])
+    shown = _shown(settings, summary)
+    markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame),
+                           significance=significance_note(summary, shown), intervals=shown.intervals)
     note = " ".join(line for line in markdown.splitlines() if line.strip() and not line.startswith("|"))
     return (f'<section id="tables"><h2>Comparison: {esc(metric_label(metric))}</h2>'
             f"{html_table(table)}<p class=note>{esc(note)}</p>"
             "<p class=note>Rows <code>method[key=value]</code> are runs with that parameter changed from the "
-            "method's default when they ran (ablations), as their records store it.</p></section>")
+            "method's default when they ran (ablations), as their records store it.</p>"
+            f'<h3 id="cd-diagram">Critical-difference diagram</h3>{rank_figure(records, plots, metric)}'
+            f"<p class=note>{esc(procedure_note(settings))}</p></section>")
 
 
-def ablation_table(data: AblationData) -> str:
+def ablation_reference(data: AblationData) -> str | None:
+    """The setting an ablation's cells are tested against: its default setting (the one
+    holding the baseline runs), or None (each column's best) when it has no single one."""
+    return next(iter(data.defaults)) if len(data.defaults) == 1 else None
+
+
+def ablation_marks(data: AblationData, cells: QueryCells, settings: Settings) -> pd.DataFrame:
+    """:func:`hashbench.significance.annotate` of the ablation's cells (rows: its settings;
+    from the runs each cell holds), against :func:`ablation_reference` in every column."""
+    rows = []
+    for (setting, dataset, bits), cell in data.cells.items():
+        for run_id in cell.get("run_ids", []):
+            rec = cells.records[run_id]
+            rows.append({"method": setting, "dataset": dataset, "bits": bits, "seed": int(rec.config["seed"]),
+                         "run_id": run_id, data.metric: float(rec.metrics[data.metric])})
+    reference = ablation_reference(data)
+    references = {column: reference for column in data.columns} if reference is not None else None
+    return annotate(pd.DataFrame(rows), cells, settings, references)
+
+
+def ablation_table(data: AblationData, marks: pd.DataFrame | None = None,
+                   settings: Settings = REPORT_SETTINGS) -> str:
+    """The ablation's table: mean ± std per cell, the best per column in bold; with ``marks``
+    (:func:`ablation_marks`) each cell's interval instead of its std where it has one, † where
+    it is not distinguishable from the reference setting, and their caption."""
     columns = [(MEASURED, dataset, bits) for dataset, bits in data.columns]
+    marked = {} if marks is None else {(r.method, r.dataset, r.bits): r for r in marks.itertuples(index=False)}
     body = []
     for setting in data.settings:
         cells = []
         for dataset, bits in data.columns:
             cell = data.cells.get((setting, dataset, bits))
+            mark = marked.get((setting, dataset, bits))
             if cell is None or (not cell["n"] and not cell["failed"]):
                 text = "–"
             elif not cell["n"]:
                 text = '<span class="failed">failed</span>'
             else:
-                text = (f"{cell['mean']:.4f} ± {cell['std']:.4f}" if cell["n"] > 1 and cell["std"] == cell["std"]
-                        else f"{cell['mean']:.4f}")
+                if mark is not None and mark.ci_low == mark.ci_low:
+                    text = f"{cell['mean']:.4f} [{mark.ci_low:.4f}, {mark.ci_high:.4f}]"
+                elif cell["n"] > 1 and cell["std"] == cell["std"]:
+                    text = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+                else:
+                    text = f"{cell['mean']:.4f}"
                 text = f"<strong>{text}</strong>" if cell["best"] else text
+                if mark is not None and mark.mark == "tie":
+                    text += TIE_MARK["html"]
                 if cell["failed"]:
                     text += f' <span class="failed">({cell["failed"]} failed)</span>'
             cells.append(f"<td>{text}</td>")
         label = setting + (" (default)" if setting in data.defaults else "")
         body.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
     source = data.source if data.source == "records" else Path(data.source).name
+    caption = ""
+    if marks is not None:
+        reference = ablation_reference(data)
+        caption = significance_note(marks.assign(source=MEASURED), _shown(settings, marks),
+                                    f"the default setting ({reference})" if reference is not None
+                                    else "the column's best (no single default setting)")
     return (f'<h3 id="{esc(data.name)}">{esc(data.name)}</h3><table class="cmp">{_header(columns, data.method)}'
             f"<tbody>{''.join(body)}</tbody></table>"
-            f"<p class=note>{esc(data.note)} Source: {esc(source)}.</p>")
+            f"<p class=note>{esc(data.note)} Source: {esc(source)}.{' ' + esc(caption) if caption else ''}</p>")
 
 
 # ----------------------------------------------------------------------------- plots
@@ -198,14 +286,25 @@ def plots_section(plots: Sequence[Plot]) -> str:
     return "".join(parts) + "</section>"
 
 
-def ablations_section(plots: Sequence[Plot]) -> str:
+def ablations_section(plots: Sequence[Plot], records: Sequence[RunRecord] = (), store: RunStore | None = None,
+                      settings: Settings = REPORT_SETTINGS) -> str:
+    """The ablation tables of ``plots``; with ``store`` (the folder of ``records``), marked
+    against their default settings (:func:`ablation_marks`)."""
     ablations = [p.data for p in plots if p.kind == "ablation"]
     if not ablations:
         return ""
+    tables = []
+    for data in ablations:
+        marks = None
+        if store is not None:
+            marks = ablation_marks(data, QueryCells.of(store, records, data.metric), settings)
+        tables.append(ablation_table(data, marks, settings))
     return ('<section id="ablations"><h2>Ablations</h2>'
             "<p class=note>From the records: each method's runs grouped by the parameters they changed "
             "beyond its baseline runs (the ablation their record stores), with the baseline runs as the "
-            "setting marked (default).</p>" + "".join(ablation_table(a) for a in ablations) + "</section>")
+            f"setting marked (default); {TIE_MARK['html']}: not distinguishable from the default setting "
+            "(each table's caption says how it was tested).</p>"
+            + "".join(tables) + "</section>")
 
 
 # ----------------------------------------------------------------------------- facts
@@ -334,8 +433,11 @@ def display_path(results_dir: str | Path) -> str:
 
 
 def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], results_dir: str | Path,
-                metric: str = "map") -> str:
+                metric: str = "map", settings: Settings = REPORT_SETTINGS) -> str:
+    """The page of ``records`` (those of ``results_dir``, whose per-query files give the
+    intervals and marks) and their drawn ``plots``."""
     check_metric(metric)
+    store = RunStore(results_dir)
     done = done_records(records)
     datasets = sorted(set(records_frame(done)["dataset"]))
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -349,11 +451,11 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], result
 <p>{len(records)} runs ({len(done)} finished) on {esc(", ".join(datasets))}; results folder
 <code>{esc(display_path(results_dir))}</code>; generated {esc(stamp)}.</p></header>
 <main>
-<nav><a href="#tables">Comparison</a><a href="#plots">Plots</a><a href="#ablations">Ablations</a>
+<nav><a href="#tables">Comparison</a><a href="#cd-diagram">Critical difference</a><a href="#plots">Plots</a><a href="#ablations">Ablations</a>
 <a href="#protocol">Protocol</a><a href="#environment">Environment</a><a href="#runs">Runs</a></nav>
-{comparison_section(done, metric)}
+{comparison_section(done, metric, store, plots, settings)}
 {plots_section(plots)}
-{ablations_section(plots)}
+{ablations_section(plots, done, store, settings)}
 {protocol_section(records)}
 {environment_section(records)}
 {runs_section(records, metric)}
@@ -369,7 +471,7 @@ def write_report(results_dir: str | Path, metric: str = "map",
                  formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[Path, list[Path]]:
     """Regenerate the plots, then write ``<results_dir>/report/index.html``; returns the page and the
     plot files."""
-    from .store import RunStore, atomic_write_text
+    from .store import atomic_write_text
 
     check_metric(metric)
     formats = list(dict.fromkeys(["png", *formats]))

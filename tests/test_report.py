@@ -4,6 +4,7 @@ holds every table, plot and run, and renders in headless Chromium."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -20,9 +21,13 @@ from hashbench.plots import (
     ablations_from_records,
     mean_curves,
     metric_by_bits,
+    plan_plots,
     shown_methods,
 )
 from hashbench.registry import registry
+from hashbench.report import REPORT_SETTINGS, ablation_marks
+from hashbench.significance import NO_QUERIES, QueryCells, Settings
+from hashbench.store import RunStore, as_record
 from hashbench.tables import write_tables
 
 GRID = ["--datasets", "digits", "--bits", "16,32", "--seeds", "0,1", "--no-progress"]
@@ -181,14 +186,37 @@ def test_report_page_holds_tables_plots_protocol_and_every_run(results, report_p
     for record in records:
         assert f'id="run-{record["run_id"]}"' in text
     assert text.count("<details>") == len(records)
-    # the comparison table: the rows and best cells of map.md (as `hashbench table` writes it now)
-    markdown, _ = write_tables(records, tmp_path, "map", ["md"])
+    # the comparison table: the rows, best cells, intervals and ties of map.md (as `hashbench
+    # table --ci` writes it now), with its caption
+    store = RunStore(results)
+    markdown, _ = write_tables(store.existing_records(), tmp_path, "map", ["md"], store=store,
+                               settings=Settings(intervals=True))
     assert '<table class="cmp">' in text
+    comparison = text[text.index('<section id="tables">'):text.index('<section id="plots">')]
     for method in ("lsh", "itq", "itq[iterations=0]", "itq[iterations=5]"):
-        assert f"<td>{method}</td>" in text
+        assert f"<td>{method}</td>" in comparison
     best = re.findall(r"\*\*(.+?)\*\*", markdown)
-    assert best and all(f"<strong>{cell}</strong>" in text for cell in best)
-    assert "<h3 id=\"ablation-itq-iterations\">" in text  # the ablation table
+    assert best and all(re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", cell) for cell in best)
+    assert all(f"<strong>{cell}</strong>" in comparison for cell in best)
+    ties = re.findall(r"\| ([^|]+)†", markdown)
+    assert ties and all(f"<td>{cell}†</td>" in comparison for cell in ties)
+    assert "†: not distinguishable from the column&#x27;s best" in comparison
+    assert "Not tested" not in text  # every run has its per-query values
+    # two methods: no critical-difference diagram, and one line says why
+    assert "No critical-difference diagram: it needs at least 3 methods" in comparison
+    # the ablation table, its settings marked against the default setting (the baseline runs)
+    ablation = text[text.index('<h3 id="ablation-itq-iterations">'):text.index('<section id="protocol">')]
+    default = registry("method").get("itq").default_params()["iterations"]
+    assert f"<td>iterations={default} (default)</td>" in ablation
+    assert f"not distinguishable from the default setting (iterations={default})" in ablation
+    marks = ablation_marks(next(p.data for p in plan_plots(records, results) if p.kind == "ablation"),
+                           QueryCells.of(store, [as_record(r) for r in records], "map"), REPORT_SETTINGS)
+    assert set(marks.loc[marks["method"] == f"iterations={default}", "mark"]) == {"reference"}
+    for row in marks.itertuples(index=False):
+        shown = re.search(rf"<td>{re.escape(row.method)}(?: \(default\))?</td><td>([^<]*(?:<strong>[^<]*</strong>)?[^<]*)</td>",
+                          ablation).group(1)
+        assert f"[{row.ci_low:.4f}, {row.ci_high:.4f}]" in shown
+        assert shown.endswith("†") == (row.mark == "tie")
     # plots: every PNG embedded as a data URI, nothing fetched from anywhere
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
     assert len(sources) == len(FIGURES)
@@ -202,6 +230,30 @@ def test_report_page_holds_tables_plots_protocol_and_every_run(results, report_p
         assert fact in text
     # a committed page never names the absolute path of the machine that made it
     assert str(results.resolve()) not in text
+
+
+def test_report_without_per_query_files_says_its_cells_were_not_tested(results, tmp_path):
+    """Records made before per-query files existed (no ``per_query`` entry, no sidecar): every
+    cell renders with mean ± std and no mark, and the captions say why nothing was tested."""
+    from hashbench.report import write_report
+
+    shutil.copytree(results / "runs", tmp_path / "runs")
+    for sidecar in (tmp_path / "runs").glob("*.queries.npz"):
+        sidecar.unlink()
+    for path in (tmp_path / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        del record["per_query"]
+        path.write_text(json.dumps(record))
+    page, _ = write_report(tmp_path)
+    text = page.read_text()
+    assert len(re.findall(r'id="run-', text)) == len(load_records(results))
+    body = text[:text.index('<section id="protocol">')]
+    assert not re.search(r"\d \[\d", body) and "†</td>" not in body  # no interval, no mark
+    assert re.search(r"<td><strong>\d\.\d{4} ± \d\.\d{4}</strong></td>", body)
+    notes = re.findall(r"Not tested \((\d+) cells: [^)]*\): ([^<]*)</p>", body)
+    assert [int(n) for n, _ in notes] == [6, 3]  # the comparison table, the ablation table
+    assert all(html.unescape(reason).startswith(NO_QUERIES) for _, reason in notes)
+    assert "mean ± std over seeds" in body and "95% interval" not in body
 
 
 def test_report_names_the_results_folder_relative_to_the_working_directory(tmp_path, monkeypatch):
