@@ -42,7 +42,7 @@ from .stats import (
     interval,
     paired_difference,
 )
-from .store import RunRecord, RunStore, atomic_write_text
+from .store import RunRecord, RunStore, as_record, atomic_write_text
 
 CELL = ["method", "dataset", "bits"]
 MARKS = ("reference", "tie", "differs", "untested")
@@ -84,8 +84,10 @@ class QueryCells:
     _runs: dict[str, QueryValues | None] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, store: RunStore, records: Iterable[RunRecord], metric: str) -> QueryCells:
-        return cls(store, {r.run_id: r for r in records}, metric)
+    def of(cls, store: RunStore, records: Iterable[RunRecord | Mapping[str, Any]], metric: str) -> QueryCells:
+        """``records``: RunRecords, or their JSON forms (taken as :func:`hashbench.store.as_record`)."""
+        recs = [as_record(r) for r in records]
+        return cls(store, {r.run_id: r for r in recs}, metric)
 
     def _values(self, run_id: str) -> QueryValues | None:
         if run_id not in self._runs:

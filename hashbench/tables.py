@@ -273,9 +273,12 @@ def significance_note(summary: pd.DataFrame, settings: Settings, reference: str 
         return ""
     measured = summary[summary["source"] == MEASURED]
     parts = [f"{TIE_MARK['md']}: not distinguishable from {reference} ({settings.describe()})."]
-    if settings.intervals:
+    if settings.intervals and measured["ci_low"].notna().any():
         parts.append(f"[low, high]: {settings.confidence:.0%} interval of the mean (two-level bootstrap over seeds "
                      "and queries).")
+    if "n" in measured.columns and (measured["n"] == 2).any():
+        parts.append("Cells of 2 seeds get wide intervals and weak tests (their seeds' part has 1 degree of "
+                     "freedom): run 3 or more seeds.")
     untested = measured[measured["untested"].fillna("") != ""]
     if len(untested):
         reasons = sorted(set(untested["untested"]))
