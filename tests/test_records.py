@@ -149,7 +149,8 @@ def test_runs_that_share_a_label_but_not_their_parameters_are_told_apart(record_
 
 def test_the_reference_results_report_the_same_from_their_records(tmp_path):
     """The committed reference records (migrated to version 1) give the committed comparison
-    table, and each committed ablation table's cells, from their stored labels alone."""
+    table (its significance marks too, from the committed per-query files), and each committed
+    ablation table's cells, from their stored labels alone."""
     import pandas as pd
 
     from hashbench.plots import ablations_from_records
@@ -158,8 +159,9 @@ def test_the_reference_results_report_the_same_from_their_records(tmp_path):
     reference = Path(__file__).resolve().parents[1] / "results" / "reference"
     if not (reference / "runs").is_dir():
         pytest.skip("no reference results in this tree")
-    records = RunStore(reference).records()
-    write_tables(records, tmp_path, "map", ["md", "csv"])
+    store = RunStore(reference)
+    records = store.records()
+    write_tables(records, tmp_path, "map", ["md", "csv"], store=store)  # marks from the per-query files
     for name in ("map.md", "map.csv"):
         assert (tmp_path / name).read_text() == (reference / "tables" / name).read_text()
     ablations = {a.name: a for a in ablations_from_records(records)}
