@@ -487,7 +487,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import write_plots
 
     results_dir = Path(args.results_dir)
-    paths = write_plots(results_dir, parse_list(args.format, "format"), args.metric)
+    paths = write_plots(results_dir, parse_list(args.format, "format"), args.metric, args.alpha)
     for path in paths:
         print(path)
     print(f"hashbench: wrote {len(paths)} files to {results_dir / 'plots'}", file=sys.stderr)
@@ -498,7 +498,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import image_check, screenshot, write_report
 
     results_dir = Path(args.results_dir)
-    page, plots = write_report(results_dir, args.metric)
+    page, plots = write_report(results_dir, args.metric, settings=_stats_settings(args, intervals=True))
     print(page)
     print(f"hashbench: wrote {page} ({len(plots)} plot files regenerated under {results_dir / 'plots'})",
           file=sys.stderr)
@@ -792,6 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")
     plot.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg")
     plot.add_argument("--metric", default="map", help="for metric-vs-bits and ablations: " + ", ".join(METRICS))
+    plot.add_argument("--alpha", type=_level, default=0.05,
+                      help="level of the critical-difference diagram's tests (default 0.05)")
     plot.set_defaults(func=cmd_plot)
 
     report = sub.add_parser("report", help="one self-contained HTML page: tables, plots, protocol, runs")
@@ -800,6 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--metric", default="map", help=", ".join(METRICS))
     report.add_argument("--screenshot", action="store_true",
                         help="also save report/screenshot.png, rendered by headless Chromium")
+    _add_stats_arguments(report)
     report.set_defaults(func=cmd_report)
 
     migrate = sub.add_parser("migrate", help="rewrite a results folder's run records in the current record version")

@@ -460,10 +460,11 @@ def _colors(methods: Iterable[str]) -> dict[str, Any]:
 MARKERS = "osD^vPX*h<>p"
 
 
-def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metric: str = "map") -> list[Plot]:
+def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metric: str = "map",
+               alpha: float = DEFAULT_ALPHA) -> list[Plot]:
     """The figures for these records, in report order: the critical-difference diagram (when
-    :func:`rank_data` finds methods and cells to rank); per dataset, metric against bits, then
-    per bits PR and P@K; then the ablations."""
+    :func:`rank_data` finds methods and cells to rank; Nemenyi at ``alpha``); per dataset,
+    metric against bits, then per bits PR and P@K; then the ablations."""
     check_metric(metric)
     done = done_records(records)
     if not done:
@@ -475,7 +476,7 @@ def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metri
     names = slugs(datasets)
     ks = {d: sorted({int(k) for k in frame.loc[frame["dataset"] == d, "topk"].dropna()}) for d in datasets}
     plots = []
-    ranked = rank_data(done, metric)
+    ranked = rank_data(done, metric, alpha)
     if isinstance(ranked, RankData):
         ranked.ks = sorted({k for dataset, _ in ranked.cells for k in ks.get(dataset, [])})
         plots.append(Plot("cd-diagram" + ("" if metric == "map" else f"-{metric}"), "cd",
@@ -703,21 +704,23 @@ def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict
 
 
 def make_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
-               metric: str = "map") -> list[Plot]:
+               metric: str = "map", alpha: float = DEFAULT_ALPHA) -> list[Plot]:
     """Plan and draw every figure under ``<results_dir>/plots``; returns the plots (with their files)."""
     formats = check_plot_formats(formats)
-    plots = plan_plots(records, results_dir, metric)
+    plots = plan_plots(records, results_dir, metric, alpha)
     colors = _colors(row["method"] for row in labelled_rows(done_records(records)))
     for plot in plots:
         render(plot, Path(results_dir) / "plots", formats, colors)
     return plots
 
 
-def write_plots(results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS, metric: str = "map") -> list[Path]:
-    """``hashbench plot``: every figure of the records under ``results_dir``; returns the files written."""
+def write_plots(results_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS, metric: str = "map",
+                alpha: float = DEFAULT_ALPHA) -> list[Path]:
+    """``hashbench plot``: every figure of the records under ``results_dir`` (the
+    critical-difference diagram at ``alpha``); returns the files written."""
     from .store import RunStore
 
     formats = check_plot_formats(formats)
     check_metric(metric)
-    plots = make_plots(RunStore(results_dir).existing_records(), results_dir, formats, metric)
+    plots = make_plots(RunStore(results_dir).existing_records(), results_dir, formats, metric, alpha)
     return [p for plot in plots for p in plot.files]

@@ -166,12 +166,13 @@ def procedure_note(settings: Settings) -> str:
             "critical difference (Friedman's test first).")
 
 
-def rank_figure(records: Sequence[RunRecord], plots: Sequence[Plot], metric: str) -> str:
+def rank_figure(records: Sequence[RunRecord], plots: Sequence[Plot], metric: str,
+                alpha: float = REPORT_SETTINGS.alpha) -> str:
     """The critical-difference diagram of ``plots``, or one line saying why there is none."""
     drawn = next((p for p in plots if p.kind == "cd" and p.files), None)
     if drawn is not None:
         return f"<div class=cd>{_img(drawn)}</div>"
-    reason = rank_data(records, metric)
+    reason = rank_data(records, metric, alpha)
     text = reason if isinstance(reason, str) else "No critical-difference diagram was drawn."
     return f"<p class=note>{esc(text)}</p>"
 
@@ -191,7 +192,7 @@ def comparison_section(records: Sequence[RunRecord], metric: str, store: RunStor
             f"{html_table(table)}<p class=note>{esc(note)}</p>"
             "<p class=note>Rows <code>method[key=value]</code> are runs with that parameter changed from the "
             "method's default when they ran (ablations), as their records store it.</p>"
-            f'<h3 id="cd-diagram">Critical-difference diagram</h3>{rank_figure(records, plots, metric)}'
+            f'<h3 id="cd-diagram">Critical-difference diagram</h3>{rank_figure(records, plots, metric, settings.alpha)}'
             f"<p class=note>{esc(procedure_note(settings))}</p></section>")
 
 
@@ -468,18 +469,19 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], result
 
 
 def write_report(results_dir: str | Path, metric: str = "map",
-                 formats: Sequence[str] = DEFAULT_FORMATS) -> tuple[Path, list[Path]]:
+                 formats: Sequence[str] = DEFAULT_FORMATS,
+                 settings: Settings = REPORT_SETTINGS) -> tuple[Path, list[Path]]:
     """Regenerate the plots, then write ``<results_dir>/report/index.html``; returns the page and the
-    plot files."""
+    plot files. ``settings``: the intervals' and tests' levels (intervals always shown)."""
     from .store import atomic_write_text
 
     check_metric(metric)
     formats = list(dict.fromkeys(["png", *formats]))
     results_dir = Path(results_dir)
     records = RunStore(results_dir).existing_records()
-    plots = make_plots(records, results_dir, formats, metric)  # raises the one-line error for no runs
+    plots = make_plots(records, results_dir, formats, metric, settings.alpha)  # one-line error for no runs
     page = results_dir / "report" / "index.html"
-    atomic_write_text(page, render_html(records, plots, results_dir, metric))
+    atomic_write_text(page, render_html(records, plots, results_dir, metric, settings))
     return page, [p for plot in plots for p in plot.files]
 
 

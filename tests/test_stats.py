@@ -2,9 +2,10 @@
 
 The simulations draw cells from the crossed model the module doc describes: value[s, q] =
 truth + seed effect a_s + query effect b_q + interaction e_sq (normal), with 3 seeds. The
-variance components of REFERENCE_LIKE are those of the committed reference results (median over
-their cells of the moment estimates: seeds' sd ~0.01, queries' ~0.30, interaction ~0.12, see
-docs/statistics.md); SEEDS_DOMINATE is LSH-like (a seed sd of 0.05). Each case is seeded.
+variance components of REFERENCE_LIKE follow the committed reference results (queries' sd and
+interaction: their cells' medians 0.29 and 0.095, rounded up; seeds' sd 0.01, a cell whose seeds
+spread like BiHalf's at 16 bits; see docs/statistics.md); SEEDS_DOMINATE is LSH-like (a seed
+sd of 0.05). Each case is seeded.
 """
 
 from __future__ import annotations
