@@ -84,9 +84,12 @@ def suitable_methods(datasets: Sequence[str]) -> list[str]:
     ]
 
 
-def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, Any]]:
-    """The experiment file (``-c``, else the default experiment) with the CLI flags over it."""
+def build_experiment(args: argparse.Namespace, tuning: bool = False) -> tuple[Experiment, dict[str, Any]]:
+    """The experiment file (``-c``, else the default experiment) with the CLI flags over it.
+    Its ``space`` is for ``hashbench tune`` (``tuning``) only: elsewhere, an error."""
     spec = load_experiment_file(args.config or DEFAULT_EXPERIMENT)
+    if "space" in spec and not tuning:
+        raise HashbenchError(f"experiment file {args.config}: 'space' is read by hashbench tune only")
     if args.methods is not None:
         spec["methods"] = parse_list(args.methods, "methods")
     if args.datasets is not None:
@@ -115,6 +118,7 @@ def build_experiment(args: argparse.Namespace) -> tuple[Experiment, dict[str, An
         seeds=spec.get("seeds") if spec.get("seeds") is not None else list(DEFAULT_SEEDS),
         overrides=overrides,
         features={k: spec[k] for k in FEATURE_KEYS if k in spec},
+        tag=spec.get("tag"),
     )
     file_executor = spec.get("executor") or "local"
     executor = getattr(args, "executor", None) or file_executor
@@ -481,6 +485,50 @@ def canonical_label(text: str) -> str:
     return param_label(name, dict(sorted(items.items())))
 
 
+# ----------------------------------------------------------------------------- tune
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .runner import run_grid
+    from .space import parse_range, parse_space
+    from .store import RunStore
+    from .tune import TAG, best_values, optuna, plan, tune, tuned_experiment_file
+
+    optuna()  # not installed: one line, before anything else
+    if (args.trials is None) == (args.budget is None):
+        raise HashbenchError("give the budget as --trials N or --budget SECONDS (one of them, the same for every method)")
+    set_data_root(args)
+    experiment, settings = build_experiment(argparse.Namespace(**{**vars(args), "executor": None}), tuning=True)
+    spec_file = load_experiment_file(args.config) if args.config else {}
+    space = {key: parse_range(str(text), f"space {key}") for key, text in spec_file.get("space", {}).items()}
+    space.update(parse_space(args.space or []))
+    studies, notes = plan(experiment, space, seed=args.trial_seed, sampler_seed=args.sampler_seed)
+    for note in notes:
+        print(f"hashbench: {note}", file=sys.stderr)
+    if not studies:
+        raise HashbenchError("nothing to tune: no method of the grid declares a search space")
+    results_dir = Path(settings["results_dir"])
+    RunStore(results_dir).check_writable()
+    budget = f"{args.trials} trials" if args.trials is not None else f"{args.budget:g} s"
+    print(f"hashbench: tuning {len(studies)} studies, {budget} each, on the validation split -> "
+          f"{results_dir / 'tuning'}", file=sys.stderr)
+    lines = []
+    for spec in studies:
+        log = (lambda text: print(text, file=sys.stderr)) if not args.no_progress else (lambda text: None)
+        summary = tune(spec, results_dir, args.trials, args.budget, args.jobs, log)
+        if summary["best_params"] is None:
+            lines.append(f"{spec.name}: no trial completed ({summary['trials']})")
+            continue
+        values = best_values(spec, summary)
+        path = tuned_experiment_file(spec, values, experiment.seeds, results_dir, summary)
+        lines.append(f"{spec.name}: {summary['counted']} trials in {summary['seconds']:.0f} s, best validation mAP "
+                     f"{summary['best_value']:.4f} with {json.dumps(values)} -> {path}")
+        if not args.no_final:
+            configs = spec.experiment(values, experiment.seeds, tag=TAG).grid()
+            run_grid(configs, results_dir, progress=not args.no_progress)
+    print("\n".join(lines))
+    return 0
+
+
 # ----------------------------------------------------------------------------- plot, report
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -620,19 +668,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def print_params(cls: type, indent: str = "") -> None:
-    """One line per field of ``cls.Config``: name, type, default, declared limits, doc."""
+    """One line per field of ``cls.Config``: name, type, default, declared limits, search range
+    (``tune <range>``, or - when ``hashbench tune`` leaves the field alone), doc."""
     from .params import describe
 
     rows = describe(cls.Config)
     if not rows:
         print(f"{indent}(no parameters)")
         return
-    cells = [(r["name"], r["type"], json.dumps(r["default"], default=str), r["limits"] or "-", r["doc"])
-             for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    cells = [(r["name"], r["type"], json.dumps(r["default"], default=str), r["limits"] or "-",
+              f"tune {r['tune']}" if r["tune"] else "-", r["doc"]) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
     for cell in cells:
-        line = "  ".join(f"{text:<{w}}" for text, w in zip(cell[:4], widths))
-        print(f"{indent}{line}  {cell[4]}".rstrip())
+        line = "  ".join(f"{text:<{w}}" for text, w in zip(cell[:5], widths))
+        print(f"{indent}{line}  {cell[5]}".rstrip())
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -730,6 +779,17 @@ def _level(text: str) -> float:
 _level.__name__ = "level"
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
 def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the significance tests: ``--alpha``, ``--confidence``, ``--resamples``."""
     from .stats import DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
@@ -787,6 +847,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--metric", default="map", help=", ".join(METRICS))
     _add_stats_arguments(compare)
     compare.set_defaults(func=cmd_compare)
+
+    tune = sub.add_parser("tune", help="tune methods with an equal budget on the validation split (Optuna)")
+    tune.add_argument("methods", metavar="METHODS", help="comma-separated methods to tune")
+    tune.add_argument("-c", "--config", help="YAML experiment file (datasets, bits, seeds of the tuned runs, set, "
+                      "space: {METHOD.param: RANGE})")
+    tune.add_argument("--datasets", help=f"comma-separated datasets (default: the experiment's, {DEFAULT_DATASET})")
+    tune.add_argument("--bits", help="comma-separated code lengths")
+    tune.add_argument("--seeds", help="seeds of the tuned runs on the test protocol (default: the experiment's)")
+    budget = tune.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=_positive_int, help="trials per study (completed or pruned)")
+    budget.add_argument("--budget", type=_positive_float, metavar="SECONDS", help="wall-clock seconds of trials per study")
+    tune.add_argument("--space", action="append", metavar="[METHOD.]PARAM=RANGE",
+                      help="search range: log:1e-5..1e-2, 0.05..1, int:1..8, a|b|c, or off (repeatable)")
+    tune.add_argument("--set", action="append", metavar="NAME.PARAM=VALUE", help="a fixed parameter of every trial")
+    tune.add_argument("--jobs", type=_positive_int, default=1, help="worker processes sharing each study")
+    tune.add_argument("--trial-seed", type=int, default=0, help="training seed of the trials (default 0)")
+    tune.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    tune.add_argument("--backbone", help="features of shallow methods on image datasets (as in run)")
+    tune.add_argument("--pretrained", nargs="?", const="true", metavar="true|false|PATH")
+    tune.add_argument("--input-size", type=_positive_int)
+    tune.add_argument("--data-root", help="folder holding the datasets (sets HASHBENCH_DATA)")
+    tune.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR}); studies in its tuning/")
+    tune.add_argument("--no-final", action="store_true", help="do not run the best config on the test protocol")
+    tune.add_argument("--no-progress", action="store_true", help="no per-trial lines")
+    tune.set_defaults(func=cmd_tune)
 
     plot = sub.add_parser("plot", help="draw PR, precision@K, metric-vs-bits and ablation plots from run records")
     plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")

@@ -47,9 +47,15 @@ class RunConfig:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     #: how images become features for a ``features`` method on an image protocol (FeatureSpec); else {}
     features: dict[str, Any] = field(default_factory=dict)
+    #: a name the tables show instead of the changed parameters (``nsh[tuned]``); None: none.
+    #: Part of the run's identity only when set (configs without one hash as they always did)
+    tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": RECORD_SCHEMA, **dataclasses.asdict(self)}
+        out = {"schema": RECORD_SCHEMA, **dataclasses.asdict(self)}
+        if self.tag is None:
+            del out["tag"]
+        return out
 
     @property
     def run_id(self) -> str:
@@ -84,6 +90,8 @@ class Experiment:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: FeatureSpec fields (backbone, pretrained, input_size) for features methods on image protocols
     features: dict[str, Any] = field(default_factory=dict)
+    #: every run's tag (:attr:`RunConfig.tag`), e.g. "tuned"; None: untagged
+    tag: str | None = None
 
     def grid(self) -> list[RunConfig]:
         """Expand and resolve the grid; raises one-line HashbenchErrors for any bad entry."""
@@ -122,8 +130,10 @@ class Experiment:
                 if wants == "features" and "images" in dataset_cls.provides:
                     spec = spec or FeatureSpec.resolve(self.features)
                     features[m, d] = spec.to_dict()
+        if self.tag is not None and (not isinstance(self.tag, str) or not re.fullmatch(r"[a-z][a-z0-9_-]*", self.tag)):
+            raise HashbenchError(f"tag must be a lower-case name (letters, digits, - and _), got {self.tag!r}")
         return [
-            RunConfig(m, d, b, s, method_params[m], dataset_params[d], features.get((m, d), {}))
+            RunConfig(m, d, b, s, method_params[m], dataset_params[d], features.get((m, d), {}), self.tag)
             for d in dataset_classes
             for m in method_classes
             for b in bits
@@ -197,6 +207,7 @@ EXPERIMENT_KEYS: dict[str, Any] = {
     "methods": list, "datasets": list, "bits": list, "seeds": list,
     "set": dict, "executor": str, "executor_params": dict, "results_dir": str,
     "backbone": (str, type(None)), "pretrained": (bool, str), "input_size": (int, type(None)),
+    "tag": str, "space": dict,
 }
 FEATURE_KEYS = ("backbone", "pretrained", "input_size")
 

@@ -59,7 +59,7 @@ class DeepHashMethod(HashMethod):
     def fit(self, train: Split, val: Split | None = None) -> None:
         from .train import fit
 
-        self._state = fit(self, train, val, workdir=self.workdir)
+        self._state = fit(self, train, val, workdir=self.workdir, on_epoch_end=getattr(self, "on_epoch_end", None))
 
     def encode(self, x: Any) -> np.ndarray:
         from .train import encode

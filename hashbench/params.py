@@ -35,7 +35,8 @@ class Limits:
 
     gt/ge/lt/le: bounds for numbers (a None value passes: ``float | None`` fields mean "unset");
     choices: the allowed values; registered: a component kind whose registered names are
-    the allowed values (checked against the registry when the Config is built); doc: one line.
+    the allowed values (checked against the registry when the Config is built); doc: one line;
+    tune: the range ``hashbench tune`` searches (:mod:`hashbench.space`), None = not tuned.
     """
 
     gt: float | None = None
@@ -45,6 +46,7 @@ class Limits:
     choices: tuple[Any, ...] | None = None
     registered: str | None = None
     doc: str = ""
+    tune: Any = None  #: the field's search range for ``hashbench tune`` (a hashbench.space.Range)
 
     def describe(self) -> str:
         """The limits in words, e.g. ``> 0``, ``>= 1 and <= 64``, ``one of dot, cosine``; '' if none."""
@@ -98,10 +100,12 @@ def _number(value: float) -> str:
 
 def param(default: Any = dataclasses.MISSING, *, doc: str = "", gt: float | None = None,
           ge: float | None = None, lt: float | None = None, le: float | None = None,
-          choices: tuple[Any, ...] | list[Any] | None = None, registered: str | None = None) -> Any:
-    """A dataclass field with declared limits and a doc (see the module docstring)."""
+          choices: tuple[Any, ...] | list[Any] | None = None, registered: str | None = None,
+          tune: Any = None) -> Any:
+    """A dataclass field with declared limits, a doc and, optionally, its search range
+    (``tune``: a :class:`hashbench.space.Range`; see the module docstring)."""
     limits = Limits(gt=gt, ge=ge, lt=lt, le=le, choices=tuple(choices) if choices is not None else None,
-                    registered=registered, doc=doc)
+                    registered=registered, doc=doc, tune=tune)
     return dataclasses.field(default=default, metadata={METADATA_KEY: limits})
 
 
@@ -129,7 +133,8 @@ def check_fields(config: Any) -> None:
 
 
 def describe(config_cls: type) -> list[dict[str, Any]]:
-    """One row per field of ``config_cls``: name, type, default, limits (words), doc."""
+    """One row per field of ``config_cls``: name, type, default, limits (words), doc, tune
+    (its search range as ``--space`` spells it, '' when not tuned)."""
     import typing
 
     hints = typing.get_type_hints(config_cls)
@@ -144,5 +149,6 @@ def describe(config_cls: type) -> list[dict[str, Any]]:
             "default": getattr(defaults, field.name),
             "limits": limits.describe(),
             "doc": limits.doc,
+            "tune": limits.tune.describe() if limits.tune is not None else "",
         })
     return rows

@@ -24,7 +24,7 @@ import shutil
 import socket
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -179,6 +179,42 @@ def perform(config: RunConfig, workdir: Path | None = None) -> tuple[RunRecord, 
         versions={**package_versions(extra), "eval_engine": result["engine"]},
     )
     return record, queries
+
+
+def validate(config: RunConfig, on_validation: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Fit ``config``'s method on the train split and score it on the VALIDATION split only
+    (what ``hashbench tune`` optimises): mAP@min(1000, N_train) of the val codes (queries)
+    against the train codes (database), with the method's selected model. The query and
+    database splits are never encoded, nor their labels read.
+
+    ``on_validation(epoch, val_map)``: called after each validation of a deep method's
+    training (its model selection; epochs count from 1); it may raise to stop the trial.
+    Returns ``score``, ``seconds`` and the method's training ``report``.
+    """
+    from .evaluate import map_at_k
+
+    t0 = time.perf_counter()
+    params_json = json.dumps(config.dataset_params, sort_keys=True)
+    _, splits = _load_splits(config.dataset, params_json)
+    if config.features:
+        splits, _ = _load_features(config.dataset, params_json, json.dumps(config.features, sort_keys=True))
+    method = build_method(config)
+    method.workdir = None
+    if on_validation is not None:
+        def on_epoch_end(epoch: int, log: dict[str, Any]) -> None:
+            if log.get("val") and log["val"][-1]["epoch"] == epoch:
+                on_validation(epoch, float(log["val"][-1]["map"]))
+
+        method.on_epoch_end = on_epoch_end
+    train, val = splits.train, splits.val
+    if len(val) == 0:
+        raise HashbenchError(f"dataset {config.dataset}: its validation split is empty; tuning needs one")
+    method.fit(train, val)
+    val_codes = _check_codes(method.encode(val.x), len(val), config.bits, config.method)
+    train_codes = _check_codes(method.encode(train.x), len(train), config.bits, config.method)
+    score = map_at_k(pack_codes(val_codes), pack_codes(train_codes), val.labels, train.labels,
+                     bits=config.bits, topk=min(1000, len(train)))
+    return {"score": float(score), "seconds": time.perf_counter() - t0, "report": method.report()}
 
 
 def _now() -> str:

@@ -110,13 +110,15 @@ class RunLabel:
     relabels the record. ``ablation`` (stored in the record, derived from ``changed``): the
     name of the ablation the run belongs to, the changed parameter when one differs, several
     joined with "," in sorted order; None for a run at the method's defaults (the baseline of
-    every ablation of its method).
+    every ablation of its method) and for a tagged run. ``tag``: the config's tag (``tuned``):
+    the row is ``nsh[tuned]`` whatever it changed, and belongs to no ablation.
     """
 
     method: str
     dataset: str
     changed: dict[str, Any] = field(default_factory=dict)
     dataset_changed: dict[str, Any] = field(default_factory=dict)
+    tag: str | None = None
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> RunLabel:
@@ -125,33 +127,38 @@ class RunLabel:
         return cls(config["method"], config["dataset"],
                    changed_params(config.get("method_params") or {}, default_params("method", config["method"])),
                    changed_params(config.get("dataset_params") or {},
-                                  default_params("dataset", config["dataset"])))
+                                  default_params("dataset", config["dataset"])),
+                   config.get("tag"))
 
     @property
     def ablation(self) -> str | None:
-        return ",".join(sorted(self.changed)) or None
+        return None if self.tag is not None else ",".join(sorted(self.changed)) or None
 
     @property
     def ablation_keys(self) -> tuple[str, ...]:
-        """The changed parameters' names, sorted (empty for a baseline run)."""
-        return tuple(sorted(self.changed))
+        """The changed parameters' names, sorted (empty for a baseline run and a tagged one)."""
+        return () if self.tag is not None else tuple(sorted(self.changed))
 
     def method_label(self) -> str:
-        """``nsh``, or ``nsh[positives=8,sorter=exact]`` listing the changed parameters."""
-        return param_label(self.method, self.changed)
+        """``nsh``, ``nsh[positives=8,sorter=exact]`` listing the changed parameters, or
+        ``nsh[tuned]`` for a tagged run."""
+        return f"{self.method}[{self.tag}]" if self.tag is not None else param_label(self.method, self.changed)
 
     def dataset_label(self) -> str:
         """``fashion-mnist``, or ``fashion-mnist[split_seed=1]`` listing the changed parameters."""
         return param_label(self.dataset, self.dataset_changed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "dataset": self.dataset, "changed": dict(self.changed),
-                "dataset_changed": dict(self.dataset_changed), "ablation": self.ablation}
+        out = {"method": self.method, "dataset": self.dataset, "changed": dict(self.changed),
+               "dataset_changed": dict(self.dataset_changed), "ablation": self.ablation}
+        if self.tag is not None:
+            out["tag"] = self.tag
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunLabel:
         return cls(data["method"], data["dataset"], dict(data.get("changed") or {}),
-                   dict(data.get("dataset_changed") or {}))
+                   dict(data.get("dataset_changed") or {}), data.get("tag"))
 
 
 @dataclass(frozen=True)
@@ -297,7 +304,10 @@ def _check_label(label: Any, config: dict[str, Any]) -> str | None:
         held = config.get(params, {})
         if any(k not in held or held[k] != v for k, v in changed.items()):
             return f"label.{key} holds values that are not in config.{params}"
-    if label.get("ablation") != (",".join(sorted(label["changed"])) or None):
+    if label.get("tag") != config.get("tag"):
+        return f"label.tag {label.get('tag')!r} is not config.tag {config.get('tag')!r}"
+    expected = None if label.get("tag") is not None else (",".join(sorted(label["changed"])) or None)
+    if label.get("ablation") != expected:
         return f"label.ablation {label.get('ablation')!r} does not name its changed parameters"
     return None
 

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import HashbenchError
 from .models.backbones import OUTPUTS
 from .params import param
+from .space import log_uniform
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class TrainConfig:
                                          "two sampled per epoch; 0 = augment at every step")
     epochs: int = param(10, ge=1, doc="training epochs")
     batch_size: int = param(64, ge=2, doc="images per step; N // batch_size steps per epoch (1 when N < batch_size)")
-    lr: float = param(1e-3, gt=0, doc="learning rate of the head (and the backbone when not frozen)")
+    lr: float = param(1e-3, gt=0, tune=log_uniform(1e-5, 1e-2),
+                      doc="learning rate of the head (and the backbone when not frozen)")
     weight_decay: float = param(0.0, ge=0, doc="the optimizer's weight decay")
     optimizer: str = param("adam", registered="optimizer", doc="optimizer of the trained parameters (hashbench list optimizers)")
     schedule: str = param("cosine", registered="schedule",

@@ -9,6 +9,7 @@ from typing import Any
 from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.params import param
+from hashbench.space import log_uniform
 
 PAIRS = ("cross", "halves")  # kept equal to hashbench.layers.PAIRS (that module imports torch)
 
@@ -49,7 +50,8 @@ class BiHalf(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        gamma: float = param(6.0, ge=0, doc="scale of the (h - b) / (N * bits) term of the backward (pulls h toward its code)")
+        gamma: float = param(6.0, ge=0, tune=log_uniform(0.5, 50.0),
+                             doc="scale of the (h - b) / (N * bits) term of the backward (pulls h toward its code)")
         pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 
     def build_head(self, feature_dim: int) -> Any:

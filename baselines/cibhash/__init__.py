@@ -29,6 +29,7 @@ from typing import Any
 from hashbench import create, hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.params import param
+from hashbench.space import log_uniform, uniform
 
 
 class CIBHash(DeepHashMethod):
@@ -46,8 +47,9 @@ class CIBHash(DeepHashMethod):
     @dataclass(frozen=True)
     class Config(TrainConfig):
         schedule: str = "constant"
-        temperature: float = param(0.3, gt=0, doc="NT-Xent temperature")
-        kl_weight: float = param(0.001, ge=0, doc="weight (beta) of the symmetric Bernoulli KL term")
+        temperature: float = param(0.3, gt=0, tune=uniform(0.05, 1.0), doc="NT-Xent temperature")
+        kl_weight: float = param(0.001, ge=0, tune=log_uniform(1e-5, 1e-1),
+                                 doc="weight (beta) of the symmetric Bernoulli KL term")
         stochastic: bool = param(False, doc="training codes sign(p - u), u ~ U(0, 1) (the paper) instead of sign(p - 0.5) (the code)")
 
     def build_head(self, feature_dim: int) -> Any:

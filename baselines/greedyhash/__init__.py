@@ -9,6 +9,7 @@ from typing import Any
 from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.params import param
+from hashbench.space import log_uniform
 
 PAIRS = ("cross", "halves")  # kept equal to hashbench.layers.PAIRS (that module imports torch)
 
@@ -50,7 +51,7 @@ class GreedyHash(DeepHashMethod):
 
     @dataclass(frozen=True)
     class Config(TrainConfig):
-        alpha: float = param(0.1, ge=0, doc="weight of cubic_penalty = mean(| |h| - 1 |^power)")
+        alpha: float = param(0.1, ge=0, tune=log_uniform(1e-3, 1.0), doc="weight of cubic_penalty = mean(| |h| - 1 |^power)")
         power: float = param(3.0, gt=0, doc="exponent of cubic_penalty")
         pairs: str = param("cross", choices=PAIRS, doc="which pairs of the two views the similarity term compares")
 

@@ -56,6 +56,7 @@ from hashbench import create, hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.errors import HashbenchError
 from hashbench.params import param
+from hashbench.space import int_range, uniform
 
 #: SortedNCE and quantization: the names of the objective's terms
 TERMS = ("sorted_nce", "quantization")
@@ -88,9 +89,10 @@ class NSH(DeepHashMethod):
     class Config(TrainConfig):
         sorter: str = param("softsort", registered="sorter", doc="the differentiable sorter of code similarities")
         sort_temperature: float | None = param(None, gt=0, doc="the sorter's parameter; None = 1 / bits (sdc)")
-        positives: int = param(2, ge=1, doc="m: the ranks of each sorted list taken as positives (<= batch_size - 1)")
+        positives: int = param(2, ge=1, tune=int_range(1, 8),
+                               doc="m: the ranks of each sorted list taken as positives (<= batch_size - 1)")
         score: str = param("dot", choices=SCORES, doc="rank r of anchor i: E[i, r] . z2[i] (sdc) or cos(E[i, r], z2[i])")
-        temperature: float = param(0.3, gt=0, doc="tau of SortedNCE")
+        temperature: float = param(0.3, gt=0, tune=uniform(0.05, 1.0), doc="tau of SortedNCE")
         latent_dim: int = param(1024, ge=1, doc="size of the latent head")
         quantization_weight: float = param(1.0, ge=0, doc="weight of MSE(b, sign b); 0 drops it")
 

@@ -68,6 +68,7 @@ from hashbench import hookimpl
 from hashbench.deep import DeepHashMethod, TrainConfig
 from hashbench.errors import HashbenchError
 from hashbench.params import param
+from hashbench.space import uniform
 
 from .options import TARGET_NORMALIZATIONS
 
@@ -101,10 +102,12 @@ class WCH(DeepHashMethod):
     @dataclass(frozen=True)
     class Config(TrainConfig):
         attention_temperature: float = param(1.0, gt=0, doc="T of the mutual attention between the two views")
-        target_temperature: float = param(0.2, gt=0, doc="T of the softmax over the batch of the weighted targets")
+        target_temperature: float = param(0.2, gt=0, tune=uniform(0.05, 1.0),
+                                          doc="T of the softmax over the batch of the weighted targets")
         target_normalization: str = param("column", choices=TARGET_NORMALIZATIONS,
                                           doc="A / diag(A) broadcast (column, the code's) or per row")
-        code_temperature: float = param(0.3, gt=0, doc="the logits are h1 h2^T / bits / code_temperature")
+        code_temperature: float = param(0.3, gt=0, tune=uniform(0.05, 1.0),
+                                        doc="the logits are h1 h2^T / bits / code_temperature")
         hidden_dim: int = param(1024, ge=1, doc="width of the hash head's hidden layer")
         balance_weight: float = param(1.0, ge=0, doc="weight of balance = MSE(mean_batch h1, 0)")
         magnitude_weight: float = param(1.0, ge=0, doc="weight of magnitude = MSE(h1, 0), subtracted from the loss")
