@@ -11,7 +11,10 @@ One figure per
 - ablation: ``<table stem>`` (``ablation-<method>-<key>[-<key2>][-<metric>]``), the metric per
   setting, mean ± std over seeds, one series per (dataset, bits) column of the table;
 - the results folder: ``cd-diagram[-<metric>]``, the critical-difference diagram (Demšar 2006)
-  of the methods' baselines over the (dataset, bits) cells they share (:func:`rank_data`).
+  of the methods' baselines over the (dataset, bits) cells they share (:func:`rank_data`);
+- (dataset, bits) tuned by ``hashbench tune`` (only when the folder has studies):
+  ``tuning-<dataset slug>-<bits>b``, one line per study (method): the running best VALIDATION
+  mAP against the trial number (:func:`tuning_data`, read from ``tuning/studies.db``).
 
 ``<slug>`` is the table's column label (``fashion-mnist (tf_efficientnet_lite0 pretrained
 64px)``) in lower case with every run of other characters turned into ``-``.
@@ -433,6 +436,79 @@ def rank_caption(data: RankData) -> str:
     return " ".join(parts)
 
 
+# ----------------------------------------------------------------------------- tuning
+
+@dataclass
+class TuningLine:
+    """One study's line in a tuning figure: its trials in trial-number order (``numbers``,
+    lower-case Optuna ``states``, ``values``: the score of a complete trial, the last reported
+    validation mAP of a pruned one when it has one, else None) and ``best``, the running best
+    of the complete trials' scores (None before the first)."""
+
+    label: str                    # the legend's method label (with the study's hash when a cell has two)
+    study: str
+    method: str
+    dataset: str
+    bits: int
+    numbers: list[int]
+    states: list[str]
+    values: list[float | None]
+    best: list[float | None]
+
+    def count(self, state: str) -> int:
+        return sum(s == state for s in self.states)
+
+    @property
+    def counted(self) -> int:
+        """The trials a budget counts: complete or pruned."""
+        return self.count("complete") + self.count("pruned")
+
+
+def tuning_data(histories: Iterable[Any]) -> dict[tuple[str, int], list[TuningLine]]:
+    """The tuning figures' lines from :func:`hashbench.tune.histories` (trials in their order,
+    the running best :meth:`hashbench.tune.History.running_best`): ``{(dataset, bits): [line,
+    ...]}`` sorted, lines by label; a line is labelled by its method, with the study's hash
+    appended when several studies of that method share the cell."""
+    cells: dict[tuple[str, int], list[Any]] = {}
+    for history in histories:
+        cells.setdefault((history.dataset, int(history.bits)), []).append(history)
+    out = {}
+    for cell, group in sorted(cells.items()):
+        methods = [h.method for h in group]
+        lines = []
+        for h in group:
+            label = h.method if methods.count(h.method) == 1 else f"{h.method} ({h.study.rpartition('-')[2]})"
+            lines.append(TuningLine(label, h.study, h.method, h.dataset, int(h.bits), list(h.numbers),
+                                    list(h.states), [None if v is None else float(v) for v in h.values],
+                                    h.running_best()))
+        out[cell] = sorted(lines, key=lambda line: line.label)
+    return out
+
+
+def tuning_caption(lines: Sequence[TuningLine]) -> str:
+    """What a tuning figure plots, on which split, and each line's trials by state."""
+    counts = "; ".join(f"{line.label} {line.count('complete')} / {line.count('pruned')} / {line.count('fail')}"
+                       + (f" ({line.count('running') + line.count('waiting')} unfinished)"
+                          if line.count("running") + line.count("waiting") else "")
+                       for line in lines)
+    return ("Running best validation mAP (step line) against the trial number, one line per method's study; dots: "
+            "the complete trials' scores; x: pruned trials at the last validation mAP they reported (on the "
+            "bottom axis when none); v on the bottom axis: failed trials. The score is the mAP of the VALIDATION "
+            "split (val codes ranked against train codes), not the test protocol of the tables. Legend: trials "
+            f"counted by the budget (complete + pruned). Trials complete / pruned / failed: {counts}.")
+
+
+def tuning_plots(results_dir: str | Path) -> list[Plot]:
+    """One figure per (dataset, bits) of the folder's studies (:func:`hashbench.tune.histories`;
+    none without a study storage, a one-line HashbenchError when Optuna is missing)."""
+    from .tune import histories
+
+    data = tuning_data(histories(results_dir))
+    names = slugs(dataset for dataset, _ in data)
+    return [Plot(f"tuning-{names[dataset]}-{bits}b", "tuning", f"Tuning history: {dataset}, {bits} bits", dataset,
+                 bits, lines, tuning_caption(lines)) for (dataset, bits), lines in data.items()]
+
+
 # ----------------------------------------------------------------------------- figures
 
 @dataclass
@@ -440,7 +516,7 @@ class Plot:
     """One figure: what it shows and the data it is drawn from."""
 
     stem: str
-    kind: str                  # "pr", "pk", "bits", "ablation", "cd"
+    kind: str                  # "pr", "pk", "bits", "ablation", "cd", "tuning"
     title: str
     dataset: str | None = None
     bits: int | None = None
@@ -464,7 +540,8 @@ def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metri
                alpha: float = DEFAULT_ALPHA) -> list[Plot]:
     """The figures for these records, in report order: the critical-difference diagram (when
     :func:`rank_data` finds methods and cells to rank; Nemenyi at ``alpha``); per dataset,
-    metric against bits, then per bits PR and P@K; then the ablations."""
+    metric against bits, then per bits PR and P@K; then the ablations; then the tuning histories
+    of ``results_dir``'s studies (:func:`tuning_plots`; none when it has none)."""
     check_metric(metric)
     done = done_records(records)
     if not done:
@@ -506,7 +583,7 @@ def plan_plots(records: Sequence[dict[str, Any]], results_dir: str | Path, metri
         plots.append(Plot(ablation.name, "ablation", title, data=ablation,
                           caption=f"{metric_label(metric, ablation.ks)} per setting, mean ± std over seeds. "
                                   f"{ablation.note}".strip()))
-    return plots
+    return plots + tuning_plots(results_dir)
 
 
 def _title(ax, text: str) -> None:
@@ -673,6 +750,48 @@ def _draw_cd(ax, plot: Plot) -> None:
                 solid_capstyle="round")
 
 
+def _draw_tuning(ax, plot: Plot, colors: dict[str, Any]) -> None:
+    """Per line: the running best as a step line, complete trials as dots, pruned ones as x
+    (at their last reported score, else on the bottom axis), failed ones as v on the bottom axis."""
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    lines: list[TuningLine] = plot.data
+    cmap = colormaps["tab10"]
+    axis = ax.get_xaxis_transform()  # x: trial number, y: fraction of the axes' height
+    for i, line in enumerate(lines):
+        color = (colors.get(line.method) or colors.get(f"{line.method}[tuned]")) if line.label == line.method else None
+        color = color or cmap(i % 10)
+        best = [np.nan if b is None else b for b in line.best]
+        ax.step(line.numbers, best, where="post", color=color, linewidth=1.6,
+                label=f"{line.label} ({line.counted} trial{'s' if line.counted != 1 else ''} counted)")
+        trials = list(zip(line.numbers, line.states, line.values))
+        complete = [(n, v) for n, s, v in trials if s == "complete" and v is not None]
+        if complete:
+            ax.plot(*zip(*complete), linestyle="none", marker="o", markersize=3.5, color=color, alpha=0.7)
+        scored = [(n, v) for n, s, v in trials if s == "pruned" and v is not None]
+        if scored:
+            ax.plot(*zip(*scored), linestyle="none", marker="x", markersize=5, color=color, alpha=0.5)
+        unscored = [n for n, s, v in trials if s == "pruned" and v is None]
+        if unscored:
+            ax.plot(unscored, [0.02] * len(unscored), transform=axis, linestyle="none", marker="x", markersize=5,
+                    color=color, alpha=0.5, clip_on=False)
+        failed = [n for n, s in zip(line.numbers, line.states) if s == "fail"]
+        if failed:
+            ax.plot(failed, [0.02] * len(failed), transform=axis, linestyle="none", marker="v", markersize=5,
+                    markerfacecolor="none", color=color, alpha=0.7, clip_on=False)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("validation mAP (val codes against train codes)")
+    present = {state for line in lines for state in line.states}
+    keys = [Line2D([], [], linestyle="none", marker=m, color="grey", markerfacecolor=f, label=f"{state} trial")
+            for m, f, state in (("o", "grey", "complete"), ("x", "grey", "pruned"), ("v", "none", "fail"))
+            if state in present]
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + keys, fontsize="small", loc="lower right")
+
+
 def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict[str, Any]) -> list[Path]:
     """Draw ``plot`` and save ``<out_dir>/<stem>.<fmt>`` per format; returns the paths."""
     from matplotlib.figure import Figure
@@ -686,6 +805,8 @@ def render(plot: Plot, out_dir: str | Path, formats: Sequence[str], colors: dict
         _draw_curves(ax, plot, colors)
     elif plot.kind == "bits":
         _draw_bits(ax, plot, colors)
+    elif plot.kind == "tuning":
+        _draw_tuning(ax, plot, colors)
     else:
         _draw_ablation(ax, plot)
     _title(ax, plot.title)

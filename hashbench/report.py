@@ -4,12 +4,14 @@ The page holds the comparison table (the content of ``tables/<metric>.md`` as ``
 --ci`` writes it: best values in bold, each cell's interval, † where a cell is not distinguishable
 from its column's best) with the critical-difference diagram of the methods, the ablation tables
 (each setting marked † against the default setting), every plot of ``hashbench plot`` (PNG
-embedded as base64 data URIs), the protocol facts and the environment recorded by the runs, and
-the list of runs, each with its full resolved config. The intervals and marks come from the
-runs' per-query files (:mod:`hashbench.significance`); a cell of runs recorded without them is
-shown all the same, and the caption says it was not tested. It is self-contained: no server,
-no network, no external file; it opens from disk. The plots are always regenerated first
-(``plots/``, PNG and PDF), so the page never shows figures older than the records.
+embedded as base64 data URIs), when the folder has ``hashbench tune`` studies a Tuning section
+(their history figures and a table of each study's best trial), the protocol facts and the
+environment recorded by the runs, and the list of runs, each with its full resolved config. The
+intervals and marks come from the runs' per-query files (:mod:`hashbench.significance`); a cell
+of runs recorded without them is shown all the same, and the caption says it was not tested. It
+is self-contained: no server, no network, no external file; it opens from disk. The plots are
+always regenerated first (``plots/``, PNG and PDF), so the page never shows figures older than
+the records.
 
 ``--screenshot`` then renders the page in headless Chromium (``chromium``, or the program named
 by ``HASHBENCH_CHROMIUM``) and saves ``report/screenshot.png`` (1280 x 1600).
@@ -277,6 +279,7 @@ def plots_section(plots: Sequence[Plot]) -> str:
               "Curves and the metric against bits show each method's baseline runs (its default "
               "parameters, or the changes all its runs share); variants with more changes are in the "
               "ablations. Legends give the number of seeds averaged.</p>")]
+    plots = [p for p in plots if p.kind != "tuning"]  # in the Tuning section
     datasets = list(dict.fromkeys(p.dataset for p in plots if p.dataset is not None))
     for dataset in datasets:
         mine = [p for p in plots if p.dataset == dataset]
@@ -306,6 +309,62 @@ def ablations_section(plots: Sequence[Plot], records: Sequence[RunRecord] = (), 
             f"setting marked (default); {TIE_MARK['html']}: not distinguishable from the default setting "
             "(each table's caption says how it was tested).</p>"
             + "".join(tables) + "</section>")
+
+
+# ----------------------------------------------------------------------------- tuning
+
+def _param(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tuning_section(plots: Sequence[Plot], results_dir: str | Path, records: Sequence[RunRecord] = ()) -> str:
+    """The tuning figures of ``plots`` and a row per study (read from ``results_dir``'s study
+    storage: trials by state, the best complete trial's score and values, the experiment file,
+    the finished ``<method>[tuned]`` runs among ``records``); "" when there are none."""
+    from .tune import TAG, TUNING_DIR, optuna, storage, summary
+
+    figures = [p for p in plots if p.kind == "tuning"]
+    if not figures:
+        return ""
+    opt = optuna()
+    store = storage(results_dir)
+    tuned = Counter((r.config["method"], r.config["dataset"], int(r.config["bits"]))
+                    for r in done_records(records) if r.label.tag == TAG)
+    rows, uneven = [], []
+    for plot in figures:
+        counted = {line.counted for line in plot.data}
+        if len(counted) > 1:
+            uneven.append(f"{plot.dataset} {plot.bits} bits")
+        for line in plot.data:
+            study = summary(opt.load_study(study_name=line.study, storage=store))
+            values = ", ".join(f"{k}={_param(v)}" for k, v in sorted((study["best_params"] or {}).items()))
+            best = "–" if study["best_value"] is None else f"{study['best_value']:.4f}"
+            trial = "–" if study["best_trial"] is None else str(study["best_trial"])
+            file = Path(results_dir) / TUNING_DIR / f"{line.study}.yaml"
+            states = f"{line.count('complete')} / {line.count('pruned')} / {line.count('fail')}"
+            runs = tuned[line.method, line.dataset, line.bits]
+            rows.append(f"<tr><td><code>{esc(line.study)}</code></td><td>{esc(line.method)}</td>"
+                        f"<td>{esc(line.dataset)}</td><td class=num>{line.bits}</td>"
+                        f"<td class=num>{line.counted}</td><td class=num>{states}</td><td class=num>{best}</td>"
+                        f"<td class=num>{trial}</td><td>{esc(values or '–')}</td>"
+                        f"<td>{f'<code>{esc(TUNING_DIR)}/{esc(file.name)}</code>' if file.exists() else '–'}</td>"
+                        f"<td class=num>{runs}</td></tr>")
+    head = ("<tr><th>study</th><th>method</th><th>dataset</th><th>bits</th><th>trials counted</th>"
+            "<th>complete / pruned / failed</th><th>best validation mAP</th><th>best trial</th>"
+            "<th>best trial's values</th><th>experiment file</th>"
+            f"<th>finished runs <code>[{esc(TAG)}]</code></th></tr>")
+    note = ("<p class=note>Every method gets the same budget per (dataset, bits) (<code>hashbench tune --trials N"
+            "</code>: N trials counted, complete or pruned; or <code>--budget SECONDS</code>). Trials are scored "
+            "on the validation split only (mAP of the val codes ranked against the train codes; the query and "
+            "database splits are never read), so the search never sees the test protocol. The best configuration "
+            "of each study (its best complete trial) is then rerun on the test protocol over the usual seeds: the "
+            f"rows <code>&lt;method&gt;[{esc(TAG)}]</code> of the comparison table.</p>")
+    if uneven:
+        note += (f"<p class=note>The methods' counted trials differ in {esc('; '.join(uneven))} (a budget in "
+                 "seconds, or a study stopped or still running).</p>")
+    return ('<section id="tuning"><h2>Tuning</h2>' + note
+            + f"<div class=plots>{''.join(_img(p) for p in figures)}</div>"
+            + f"<h3>Studies</h3><table>{head}{''.join(rows)}</table></section>")
 
 
 # ----------------------------------------------------------------------------- facts
@@ -441,6 +500,7 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], result
     store = RunStore(results_dir)
     done = done_records(records)
     datasets = sorted(set(records_frame(done)["dataset"]))
+    tuning = tuning_section(plots, results_dir, done)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -453,10 +513,12 @@ def render_html(records: Sequence[dict[str, Any]], plots: Sequence[Plot], result
 <code>{esc(display_path(results_dir))}</code>; generated {esc(stamp)}.</p></header>
 <main>
 <nav><a href="#tables">Comparison</a><a href="#cd-diagram">Critical difference</a><a href="#plots">Plots</a><a href="#ablations">Ablations</a>
+{'<a href="#tuning">Tuning</a>' if tuning else ''}
 <a href="#protocol">Protocol</a><a href="#environment">Environment</a><a href="#runs">Runs</a></nav>
 {comparison_section(done, metric, store, plots, settings)}
 {plots_section(plots)}
 {ablations_section(plots, done, store, settings)}
+{tuning}
 {protocol_section(records)}
 {environment_section(records)}
 {runs_section(records, metric)}
