@@ -321,7 +321,7 @@ def tuning_section(plots: Sequence[Plot], results_dir: str | Path, records: Sequ
     """The tuning figures of ``plots`` and a row per study (read from ``results_dir``'s study
     storage: trials by state, the best complete trial's score and values, the experiment file,
     the finished ``<method>[tuned]`` runs among ``records``); "" when there are none."""
-    from .tune import TAG, TUNING_DIR, optuna, storage, summary
+    from .tune import TAG, TUNING_DIR, budget_trials, optuna, storage, summary
 
     figures = [p for p in plots if p.kind == "tuning"]
     if not figures:
@@ -336,7 +336,8 @@ def tuning_section(plots: Sequence[Plot], results_dir: str | Path, records: Sequ
         if len(counted) > 1:
             uneven.append(f"{plot.dataset} {plot.bits} bits")
         for line in plot.data:
-            study = summary(opt.load_study(study_name=line.study, storage=store))
+            loaded = opt.load_study(study_name=line.study, storage=store)
+            study = summary(loaded, budget_trials(loaded))  # the best of the budget's trials: the rerun one
             values = ", ".join(f"{k}={_param(v)}" for k, v in sorted((study["best_params"] or {}).items()))
             best = "–" if study["best_value"] is None else f"{study['best_value']:.4f}"
             trial = "–" if study["best_trial"] is None else str(study["best_trial"])

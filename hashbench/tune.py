@@ -200,11 +200,23 @@ def _objective(spec: TuneSpec, worker: int):
 
 
 def load_study(spec: TuneSpec, results_dir: str | Path, worker: int = 0) -> Any:
+    """The study of ``spec`` in the results folder's storage, created when new. Worker
+    ``worker``'s sampler is seeded by the sampler seed, the worker and the trials the study
+    already holds: a fresh study draws the same trials every time, a resumed one does not
+    replay the draws it made before."""
+    import warnings
+
     opt = optuna()
-    return opt.create_study(
-        study_name=spec.name, storage=storage(results_dir), direction="maximize", load_if_exists=True,
-        sampler=opt.samplers.TPESampler(seed=spec.sampler_seed + worker, n_startup_trials=5, multivariate=True),
-        pruner=opt.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    store = storage(results_dir)
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" in Optuna's words
+        warnings.simplefilter("ignore", opt.exceptions.ExperimentalWarning)
+        study = opt.create_study(study_name=spec.name, storage=store, direction="maximize", load_if_exists=True,
+                                 pruner=opt.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+        held = len(study.get_trials(deepcopy=False))
+        seed = int.from_bytes(hashlib.sha256(f"{spec.sampler_seed}/{worker}/{held}".encode()).digest()[:4], "little")
+        study.sampler = opt.samplers.TPESampler(seed=seed if held or worker else spec.sampler_seed,
+                                                n_startup_trials=5, multivariate=True)
+    return study
 
 
 def run_study(spec: TuneSpec, results_dir: str | Path, trials: int | None = None, budget: float | None = None,
@@ -217,6 +229,7 @@ def run_study(spec: TuneSpec, results_dir: str | Path, trials: int | None = None
     study.set_user_attr("spec", {"method": spec.method, "dataset": spec.dataset, "bits": spec.bits,
                                  "seed": spec.seed, "overrides": spec.overrides, "features": spec.features,
                                  "space": {k: r.describe() for k, r in spec.space.items()}})
+    study.set_user_attr("budget", {"trials": trials, "seconds": budget})
     objective = _objective(spec, worker)
     limit = MAX_ATTEMPTS_PER_TRIAL * (trials if trials is not None else max(10, int(budget // 10)))
     while True:
@@ -232,6 +245,11 @@ def run_study(spec: TuneSpec, results_dir: str | Path, trials: int | None = None
         log(f"hashbench: {spec.method} {spec.dataset} {spec.bits}b trial {last.number}: {last.state.name.lower()} "
             f"{value} {json.dumps(last.params, default=str)}")
     return summary(study, trials)
+
+
+def budget_trials(study: Any) -> int | None:
+    """The trial budget the study was last run with (None: a budget in seconds, or unknown)."""
+    return (study.user_attrs.get("budget") or {}).get("trials")
 
 
 def summary(study: Any, trials: int | None = None) -> dict[str, Any]:
@@ -314,8 +332,9 @@ def best_values(spec: TuneSpec, study: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class History:
-    """One study's trials in order, for the tuning plot: ``values`` (None: not complete),
-    ``states``, and the running best of the complete ones."""
+    """One study's trials in order, for the tuning plot: ``states``, ``values`` (a complete
+    trial's score; a pruned one's last reported validation mAP; else None), and the running
+    best of the complete ones."""
 
     study: str
     method: str
