@@ -59,7 +59,8 @@ def test_a_redeclared_field_keeps_the_limits_of_its_base():
 
 def test_describe_lists_type_default_limits_and_doc():
     rows = {r["name"]: r for r in describe(Example)}
-    assert rows["rate"] == {"name": "rate", "type": "float", "default": 0.5, "limits": "> 0 and <= 1", "doc": "a rate"}
+    assert rows["rate"] == {"name": "rate", "type": "float", "default": 0.5, "limits": "> 0 and <= 1", "doc": "a rate",
+                            "tune": ""}
     assert rows["sorter"]["limits"] == "a registered sorter"
     assert rows["free"]["limits"] == "" and rows["free"]["doc"] == ""
 
