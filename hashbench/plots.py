@@ -55,6 +55,7 @@ import pandas as pd
 from .errors import HashbenchError
 from .stats import DEFAULT_ALPHA, RankTest, friedman_nemenyi
 from .store import INPUT_KEYS, METRIC_LABELS, RunRecord, as_record, atomic_write_bytes
+from .tune import History
 from .tables import (
     check_metric,
     column_label,
@@ -439,29 +440,16 @@ def rank_caption(data: RankData) -> str:
 # ----------------------------------------------------------------------------- tuning
 
 @dataclass
-class TuningLine:
-    """One study's line in a tuning figure: its trials in trial-number order (``numbers``,
-    lower-case Optuna ``states``, ``values``: the score of a complete trial, the last reported
-    validation mAP of a pruned one when it has one, else None) and ``best``, the running best
-    of the complete trials' scores (None before the first)."""
+class TuningLine(History):
+    """One study's line in a tuning figure: its :class:`hashbench.tune.History` and the
+    legend's ``label`` (the method, with the study's hash when a cell has two of it)."""
 
-    label: str                    # the legend's method label (with the study's hash when a cell has two)
-    study: str
-    method: str
-    dataset: str
-    bits: int
-    numbers: list[int]
-    states: list[str]
-    values: list[float | None]
-    best: list[float | None]
-
-    def count(self, state: str) -> int:
-        return sum(s == state for s in self.states)
+    label: str = ""
 
     @property
-    def counted(self) -> int:
-        """The trials a budget counts: complete or pruned."""
-        return self.count("complete") + self.count("pruned")
+    def best(self) -> list[float | None]:
+        """The running best of the complete trials' scores (None before the first)."""
+        return self.running_best()
 
 
 def tuning_data(histories: Iterable[Any]) -> dict[tuple[str, int], list[TuningLine]]:
@@ -478,9 +466,7 @@ def tuning_data(histories: Iterable[Any]) -> dict[tuple[str, int], list[TuningLi
         lines = []
         for h in group:
             label = h.method if methods.count(h.method) == 1 else f"{h.method} ({h.study.rpartition('-')[2]})"
-            lines.append(TuningLine(label, h.study, h.method, h.dataset, int(h.bits), list(h.numbers),
-                                    list(h.states), [None if v is None else float(v) for v in h.values],
-                                    h.running_best()))
+            lines.append(TuningLine(**vars(h), label=label))
         out[cell] = sorted(lines, key=lambda line: line.label)
     return out
 

@@ -344,6 +344,14 @@ class History:
     states: list[str]
     values: list[float | None]
 
+    def count(self, state: str) -> int:
+        return sum(s == state for s in self.states)
+
+    @property
+    def counted(self) -> int:
+        """The trials a budget counts: complete or pruned."""
+        return self.count("complete") + self.count("pruned")
+
     def running_best(self) -> list[float | None]:
         best, out = None, []
         for state, value in zip(self.states, self.values):
