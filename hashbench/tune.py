@@ -54,8 +54,11 @@ TAG = "tuned"
 HEARTBEAT_S = float(os.environ.get("HASHBENCH_TUNE_HEARTBEAT", "10"))
 GRACE_S = 3 * HEARTBEAT_S
 COUNTED = ("COMPLETE", "PRUNED")
-#: the most trials a study may start (failed ones included), per trial of the budget
-MAX_ATTEMPTS_PER_TRIAL = 3
+#: a study stops when this many of its trials failed and they outnumber the counted ones (a
+#: space whose values break the method's rules, a method that crashes): rerun after a fix
+MAX_FAILURES = 10
+#: what fails a trial (recorded, the study goes on); anything else stops the tune
+FAILURES = (HashbenchError, ValueError, RuntimeError)
 
 
 def optuna():
@@ -64,7 +67,7 @@ def optuna():
         import optuna as module
     except ImportError:
         raise HashbenchError("hashbench tune needs Optuna: pip install 'hashbench[tune]'") from None
-    module.logging.set_verbosity(module.logging.WARNING)
+    module.logging.set_verbosity(module.logging.ERROR)  # hashbench prints each trial, failures included
     return module
 
 
@@ -164,15 +167,15 @@ def plan(experiment: Experiment, space: Mapping[str, Range | None], seed: int = 
 # ----------------------------------------------------------------------------- a study
 
 def _counts(study: Any) -> tuple[int, float, int]:
-    """(trials counted: complete or pruned, seconds spent by finished trials, trials started)."""
-    counted, spent = 0, 0.0
-    trials = study.get_trials(deepcopy=False)
-    for t in trials:
+    """(trials counted: complete or pruned, seconds spent by finished trials, trials failed)."""
+    counted, spent, failed = 0, 0.0, 0
+    for t in study.get_trials(deepcopy=False):
         if t.state.name in COUNTED:
             counted += 1
+        failed += t.state.name == "FAIL"
         if t.datetime_complete is not None and t.datetime_start is not None:
             spent += (t.datetime_complete - t.datetime_start).total_seconds()
-    return counted, spent, len(trials)
+    return counted, spent, failed
 
 
 def _objective(spec: TuneSpec, worker: int):
@@ -181,18 +184,22 @@ def _objective(spec: TuneSpec, worker: int):
     opt = optuna()
 
     def objective(trial: Any) -> float:
-        values = {name: rng.suggest(trial, name) for name, rng in spec.space.items()}
-        config = spec.config(values)  # a HashbenchError (a rule of the method) fails the trial
-        trial.set_user_attr("run_id", config.run_id)
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("pid", os.getpid())
+        values = {name: rng.suggest(trial, name) for name, rng in spec.space.items()}
 
         def on_validation(epoch: int, value: float) -> None:
             trial.report(value, epoch)
             if trial.should_prune():
                 raise opt.TrialPruned(f"epoch {epoch}: validation mAP {value:.4f} below the median")
 
-        result = runner.validate(config, on_validation)
+        try:
+            config = spec.config(values)  # a HashbenchError (a rule of the method) fails the trial
+            trial.set_user_attr("run_id", config.run_id)
+            result = runner.validate(config, on_validation)
+        except FAILURES as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
         trial.set_user_attr("seconds", result["seconds"])
         return result["score"]
 
@@ -231,19 +238,21 @@ def run_study(spec: TuneSpec, results_dir: str | Path, trials: int | None = None
                                  "space": {k: r.describe() for k, r in spec.space.items()}})
     study.set_user_attr("budget", {"trials": trials, "seconds": budget})
     objective = _objective(spec, worker)
-    limit = MAX_ATTEMPTS_PER_TRIAL * (trials if trials is not None else max(10, int(budget // 10)))
     while True:
-        counted, spent, started = _counts(study)
+        counted, spent, failed = _counts(study)
         if (trials is not None and counted >= trials) or (budget is not None and spent >= budget):
             break
-        if started >= limit:
-            log(f"hashbench: {spec.name}: stopped after {started} trials, {counted} of them counted (the rest failed)")
+        if failed >= MAX_FAILURES and failed > counted:
+            last = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.state.name == "FAIL")
+            log(f"hashbench: {spec.name}: stopped: {failed} trials failed, {counted} counted; the last failure: "
+                f"{last.user_attrs.get('error', 'its worker died')}")
             break
-        study.optimize(objective, n_trials=1, catch=(HashbenchError, ValueError, RuntimeError))
+        study.optimize(objective, n_trials=1, catch=FAILURES)
         last = study.get_trials(deepcopy=False)[-1]
         value = f"{last.value:.4f}" if last.value is not None else "-"
+        error = f" ({last.user_attrs['error']})" if "error" in last.user_attrs else ""
         log(f"hashbench: {spec.method} {spec.dataset} {spec.bits}b trial {last.number}: {last.state.name.lower()} "
-            f"{value} {json.dumps(last.params, default=str)}")
+            f"{value} {json.dumps(last.params, default=str)}{error}")
     return summary(study, trials)
 
 

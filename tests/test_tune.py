@@ -328,3 +328,18 @@ def test_a_tagged_run_is_its_own_row_and_no_ablation(record_for, tmp_path):
     assert store.records()[0].label.tag == "tuned"
     with pytest.raises(HashbenchError, match="tag must be a lower-case name"):
         Experiment(methods=["itq"], datasets=["synthetic"], bits=[8], seeds=[0], tag="Tuned!").grid()
+
+
+def test_a_study_whose_trials_all_fail_stops_and_says_why(cli, tmp_path):
+    """Every proposed value breaks a rule of the method (positives <= batch_size - 1): the
+    study stops after MAX_FAILURES failures instead of trying forever."""
+    from hashbench.tune import MAX_FAILURES
+
+    code, out, err = cli("tune", "nsh", "--bits", "16", "--trials", "3", "--set", "nsh.batch_size=4",
+                         "--space", "positives=int:4..8", "--space", "lr=off", "--space", "temperature=off",
+                         "--results-dir", str(tmp_path))
+    assert code == 0
+    assert f"stopped: {MAX_FAILURES} trials failed, 0 counted" in err
+    assert "positives must be <= batch_size - 1 = 3" in err
+    assert "no trial completed" in out
+    assert [t["state"] for t in trials(tmp_path)] == ["FAIL"] * MAX_FAILURES
