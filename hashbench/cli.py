@@ -491,6 +491,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .runner import run_grid
     from .space import parse_range, parse_space
     from .store import RunStore
+    from .tables import write_tables
     from .tune import TAG, best_values, optuna, plan, tune, tuned_experiment_file
 
     optuna()  # not installed: one line, before anything else
@@ -526,6 +527,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             configs = spec.experiment(values, experiment.seeds, tag=TAG).grid()
             run_grid(configs, results_dir, progress=not args.no_progress)
     print("\n".join(lines))
+    if not args.no_final:
+        store = RunStore(results_dir)
+        _, paths = write_tables(store.records(), results_dir / "tables", store=store)
+        print(f"hashbench: tables written to {paths[0].parent}", file=sys.stderr)
     return 0
 
 

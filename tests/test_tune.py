@@ -215,6 +215,7 @@ def test_tune_writes_a_study_a_tuned_experiment_and_tuned_runs(tiny_tune, tmp_pa
     assert len(records) == 2 and {r.label.method_label() for r in records} == {"greedyhash[tuned]"}
     assert all(r.label.ablation is None and r.config["tag"] == "tuned" for r in records)
     assert all(r.config["method_params"]["val_every"] == 1 for r in records)
+    assert "greedyhash[tuned]" in (results / "tables" / "map.md").read_text()  # tune rewrote the tables
     # the experiment file reruns exactly these runs
     code, _, err = cli("run", "-c", str(yaml_file), "--results-dir", str(results), "--no-progress")
     assert code == 0 and "2 skipped" in err
