@@ -402,7 +402,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     counts = _run_and_report(configs, results_dir, settings["executor"], args, settings["executor_params"],
                              done=snapshot.done)
     markdown, paths = write_ablation_table(ablation, read_records(ablation, results_dir, since=snapshot),
-                                          results_dir / "tables", args.metric, store=store)
+                                          results_dir / "tables", args.metric, store=store,
+                                          settings=_stats_settings(args, intervals=False))
     print(markdown)
     print("hashbench: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 1 if counts.get("failed") else 0
@@ -831,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
         ablate, f"YAML experiment file for datasets, bits, seeds, features (default: {DEFAULT_EXPERIMENT}); "
         "its methods are ignored", "a parameter fixed in every setting, e.g. cibhash.epochs=5 (repeatable)")
     ablate.add_argument("--metric", default="map", help=", ".join(METRICS))
+    _add_stats_arguments(ablate)
     ablate.set_defaults(func=cmd_ablate)
 
     table = sub.add_parser("table", help="aggregate run records into comparison tables")
