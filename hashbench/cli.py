@@ -468,13 +468,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def canonical_label(text: str) -> str:
-    """A row label as typed (``nsh``, ``nsh[sorter=exact]``, ``cibhash[stochastic=true]``) as the
-    tables spell it: values read as YAML scalars (as ``--set`` reads them), keys sorted."""
+    """A row label as typed (``nsh``, ``nsh[sorter=exact]``, ``cibhash[stochastic=true]``,
+    ``nsh[tuned]``) as the tables spell it: values read as YAML scalars (as ``--set`` reads
+    them), keys sorted; a tag as it is."""
     name, bracket, rest = text.strip().partition("[")
     if not bracket:
         return name
     if not rest.endswith("]"):
-        raise HashbenchError(f"label '{text}': expected NAME[KEY=VALUE,...]")
+        raise HashbenchError(f"label '{text}': expected NAME[KEY=VALUE,...] or NAME[TAG]")
+    if "=" not in rest:  # a tagged row: nsh[tuned]
+        return f"{name}[{rest[:-1].strip()}]"
     from .store import param_label
 
     items = {}

@@ -195,6 +195,7 @@ def test_compare_an_ablation_setting_by_its_typed_label(tmp_path, record_for, cl
     write_cell(store, "itq", 0.1, record_for, overrides={"itq.iterations": 5}, seed=7)
     assert canonical_label("itq[ iterations = 5 ]") == "itq[iterations=5]"
     assert canonical_label("cibhash[stochastic=true]") == "cibhash[stochastic=True]"
+    assert canonical_label("nsh[tuned]") == "nsh[tuned]"
     code, out, _ = cli("compare", "itq[iterations=5]", "itq", "--results-dir", str(tmp_path))
     assert code == 0 and "itq[iterations=5] vs itq" in out and "| differ |" in out
     assert (tmp_path / "tables" / "compare-itq-iterations-5-vs-itq.md").exists()
