@@ -238,7 +238,8 @@ def ablations_from_records(records: Iterable[RunRecord | Mapping[str, Any]], met
     covered = set(covered)
     by_method: dict[str, list[RunRecord]] = {}
     for rec in done_records(records):
-        by_method.setdefault(rec.label.method, []).append(rec)
+        if rec.label.tag is None:  # a tagged run (method[tuned]) is its own row, in no ablation
+            by_method.setdefault(rec.label.method, []).append(rec)
     out = []
     for method, recs in sorted(by_method.items()):
         changes = [_changes(r) for r in recs]

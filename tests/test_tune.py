@@ -327,6 +327,16 @@ def test_a_tagged_run_is_its_own_row_and_no_ablation(record_for, tmp_path):
     store = RunStore(tmp_path)
     store.write(record_for(config))
     assert store.records()[0].label.tag == "tuned"
+    # beside the default runs, the tagged ones make no ablation and join no baseline
+    from hashbench.plots import ablations_from_records
+
+    (default,) = Experiment(methods=["itq"], datasets=["synthetic"], bits=[8], seeds=[0]).grid()
+    store.write(record_for(untagged))
+    store.write(record_for(default))
+    (ablation,) = ablations_from_records(store.records())
+    assert ablation.settings == ["iterations=3", "iterations=50"] or set(ablation.settings) == {"iterations=3",
+                                                                                               "iterations=50"}
+    assert all(cell["n"] == 1 for cell in ablation.cells.values())
     with pytest.raises(HashbenchError, match="tag must be a lower-case name"):
         Experiment(methods=["itq"], datasets=["synthetic"], bits=[8], seeds=[0], tag="Tuned!").grid()
 
