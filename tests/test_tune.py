@@ -266,8 +266,11 @@ def test_a_killed_tune_resumes_and_counts_no_trial_twice(tiny_tune, tmp_path):
         while time.monotonic() < deadline:
             time.sleep(0.2)
             if (results / "tuning" / "studies.db").exists():
-                states = [t["state"] for t in _safe_trials(results)]
-                if states.count("COMPLETE") + states.count("PRUNED") >= 2 and states[-1:] == ["RUNNING"]:
+                now = _safe_trials(results)
+                states = [t["state"] for t in now]
+                # mid-trial: the running one has drawn its values (it is training)
+                if states.count("COMPLETE") + states.count("PRUNED") >= 2 and states[-1:] == ["RUNNING"] \
+                        and now[-1]["params"]:
                     break
         else:
             pytest.fail("the tune never reached a running trial after two finished ones")
@@ -354,3 +357,17 @@ def test_a_study_whose_trials_all_fail_stops_and_says_why(cli, tmp_path):
     assert "positives must be <= batch_size - 1 = 3" in err
     assert "no trial completed" in out
     assert [t["state"] for t in trials(tmp_path)] == ["FAIL"] * MAX_FAILURES
+
+
+def test_an_experiment_files_space_narrows_the_search_and_only_tune_reads_it(tiny_tune, tmp_path, cli):
+    experiment = tmp_path / "tune.yaml"
+    experiment.write_text("datasets: [tiny-tune]\nbits: [8]\nseeds: [0]\nspace:\n  greedyhash.lr: log:1e-4..2e-4\n"
+                          "  greedyhash.alpha: 'off'\n")
+    results = tmp_path / "results"
+    code, _, err = cli("tune", "greedyhash", "-c", str(experiment), *SMALL, "--trials", "2", "--no-final",
+                       "--results-dir", str(results), "--no-progress")
+    assert code == 0, err
+    done = trials(results)
+    assert len(done) == 2 and all(set(t["params"]) == {"lr"} and 1e-4 <= t["params"]["lr"] <= 2e-4 for t in done)
+    code, _, err = cli("run", "-c", str(experiment), "--methods", "itq", "--results-dir", str(results))
+    assert code == 2 and "'space' is read by hashbench tune only" in err
