@@ -25,12 +25,11 @@ from .config import Experiment, RunConfig
 from .errors import HashbenchError
 from .registry import registry
 from .significance import QueryCells, Settings, annotate
-from .store import INPUT_KEYS, RunLabel, RunRecord, RunStore, Snapshot, as_record
+from .store import INPUT_KEYS, RunLabel, RunRecord, RunStore, Snapshot
 from .tables import (
     FORMATS,
     FRAME_COLUMNS,
     MEASURED,
-    SIGNIFICANCE_COLUMNS,
     TIE_MARK,
     _latex_escape,
     check_formats,
@@ -40,6 +39,7 @@ from .tables import (
     cutoffs,
     record_row,
     significance_note,
+    stored_columns,
     summary_frame,
     to_latex,
     to_markdown,
@@ -231,8 +231,7 @@ def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], 
     marks = None
     if store is not None and not done.empty:
         references = {(d, int(b)): default for d, b in done[["dataset", "bits"]].drop_duplicates().itertuples(index=False)}
-        marks = annotate(done, QueryCells.of(store, [as_record(r) for r in records if r.get("status") == "done"],
-                                             metric), settings, references if default else None)
+        marks = annotate(done, QueryCells.of(store, records, metric), settings, references if default else None)
     summary = summary_frame(done, metric, published=False, marks=marks)
     rows = [s.label for s in ablation.settings]
     columns = sorted({(MEASURED, _column(c.to_dict(), ablation.keys), c.bits) for c in ablation.configs},
@@ -273,8 +272,7 @@ def write_ablation_table(ablation: Ablation, records: Sequence[dict[str, Any]], 
         long["method"] = ablation.method
         values = {s.label: s.values for s in ablation.settings}
         base = ["method", "setting", "dataset", "bits", "n", "failed", "mean", "std", "best"]
-        if marks is not None:
-            base += [c for c in SIGNIFICANCE_COLUMNS if settings.intervals or not c.startswith("ci_")]
+        base += stored_columns(summary, settings)
         keys = [k for k in ablation.keys if k not in base]  # a field named like a column stays in 'setting'
         for key in keys:
             long[key] = [show(values[label][key]) for label in long["setting"]]

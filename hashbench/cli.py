@@ -86,7 +86,8 @@ def suitable_methods(datasets: Sequence[str]) -> list[str]:
 
 def build_experiment(args: argparse.Namespace, tuning: bool = False) -> tuple[Experiment, dict[str, Any]]:
     """The experiment file (``-c``, else the default experiment) with the CLI flags over it.
-    Its ``space`` is for ``hashbench tune`` (``tuning``) only: elsewhere, an error."""
+    Its ``space`` is for ``hashbench tune`` (``tuning``) only, returned in the settings:
+    elsewhere, an error."""
     spec = load_experiment_file(args.config or DEFAULT_EXPERIMENT)
     if "space" in spec and not tuning:
         raise HashbenchError(f"experiment file {args.config}: 'space' is read by hashbench tune only")
@@ -128,6 +129,7 @@ def build_experiment(args: argparse.Namespace, tuning: bool = False) -> tuple[Ex
         "executor_params": executor_params(
             args, executor, spec.get("executor_params", {}) if executor == file_executor else {}),
         "results_dir": args.results_dir or spec.get("results_dir") or DEFAULT_RESULTS_DIR,
+        "space": spec.get("space", {}),  # hashbench tune's search ranges, as the file writes them
     }
     return experiment, settings
 
@@ -503,8 +505,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise HashbenchError("give the budget as --trials N or --budget SECONDS (one of them, the same for every method)")
     set_data_root(args)
     experiment, settings = build_experiment(argparse.Namespace(**{**vars(args), "executor": None}), tuning=True)
-    spec_file = load_experiment_file(args.config) if args.config else {}
-    space = {key: parse_range(str(text), f"space {key}") for key, text in spec_file.get("space", {}).items()}
+    space = {key: parse_range(str(text), f"space {key}") for key, text in settings["space"].items()}
     space.update(parse_space(args.space or []))
     studies, notes = plan(experiment, space, seed=args.trial_seed, sampler_seed=args.sampler_seed)
     for note in notes:
@@ -517,8 +518,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"hashbench: tuning {len(studies)} studies, {budget} each, on the validation split -> "
           f"{results_dir / 'tuning'}", file=sys.stderr)
     lines = []
+    log = (lambda text: print(text, file=sys.stderr)) if not args.no_progress else (lambda text: None)
     for spec in studies:
-        log = (lambda text: print(text, file=sys.stderr)) if not args.no_progress else (lambda text: None)
         summary = tune(spec, results_dir, args.trials, args.budget, args.jobs, log)
         if summary["best_params"] is None:
             lines.append(f"{spec.name}: no trial completed ({summary['trials']})")
@@ -738,15 +739,24 @@ def _yaml_value(text: str) -> Any:
 _yaml_value.__name__ = "YAML"
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {value}")
-    return value
+def _number_type(cast: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``cast(text)`` when ``ok`` holds for it, else ``expected <expected>,
+    got <text>`` (argparse names the flag)."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
+
+
+_positive_int = _number_type(int, lambda v: v > 0, "a whole number > 0")
+_positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a number > 0")
+_level = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
@@ -774,31 +784,6 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
     parser.before_parse.append(_add_executor_options)
 
 
-def _level(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got '{text}'") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {value:g}")
-    return value
-
-
-_level.__name__ = "level"
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
-
-
 def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the significance tests: ``--alpha``, ``--confidence``, ``--resamples``."""
     from .stats import DEFAULT_ALPHA, DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
@@ -814,6 +799,7 @@ def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hashbench", description="Benchmark suite for learning to hash.")
     from . import __version__
+    from .stats import DEFAULT_ALPHA
 
     parser.add_argument("--version", action="version", version=f"hashbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -887,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="results folder; plots go to its plots/")
     plot.add_argument("--format", default="png,pdf", help="comma-separated: png, pdf, svg")
     plot.add_argument("--metric", default="map", help="for metric-vs-bits and ablations: " + ", ".join(METRICS))
-    plot.add_argument("--alpha", type=_level, default=0.05,
+    plot.add_argument("--alpha", type=_level, default=DEFAULT_ALPHA,
                       help="level of the critical-difference diagram's tests (default 0.05)")
     plot.set_defaults(func=cmd_plot)
 

@@ -12,7 +12,7 @@ only, relative to ``runs/``) with its SHA-256 (the record's ``per_query`` entry,
   the record's metric is their mean (to float32 rounding).
 
 Two runs pair up query by query only when their ``query_ids`` are equal (same protocol and
-split); :func:`check_paired` refuses the rest. A record without ``per_query`` (written before
+split); :mod:`hashbench.stats` refuses to pair the rest. A record without ``per_query`` (written before
 this file existed) loads as before; its runs cannot enter a paired test and are reported as
 untested.
 
@@ -143,11 +143,3 @@ def check_entry(entry: Any, run_id: str, metric_names: tuple[str, ...]) -> str |
         return f"per_query.metrics {names!r} are not metric names"
     return None
 
-
-def check_paired(a: QueryValues, b: QueryValues, what_a: str, what_b: str) -> None:
-    """HashbenchError unless ``a`` and ``b`` are over the same queries, in the same order."""
-    if not a.same_queries(b):
-        shared = len(np.intersect1d(a.query_ids, b.query_ids))
-        raise HashbenchError(
-            f"cannot pair {what_a} with {what_b}: their query ids differ ({a.num_queries} and {b.num_queries} "
-            f"queries, {shared} shared); paired results need the same protocol, split and query order")

@@ -20,7 +20,6 @@ by ``HASHBENCH_CHROMIUM``) and saves ``report/screenshot.png`` (1280 x 1600).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import json
 import os
@@ -57,6 +56,7 @@ from .tables import (
     cutoffs,
     labelled_rows,
     marked_summary,
+    shows_intervals,
     published_sources,
     records_frame,
     significance_note,
@@ -151,13 +151,6 @@ def html_table(table: pd.DataFrame, corner: str = "method") -> str:
             "</tbody></table></div>")
 
 
-def _shown(settings: Settings, marks: pd.DataFrame) -> Settings:
-    """``settings`` as a caption should tell them: without intervals when no cell has one
-    (runs without per-query values)."""
-    has_intervals = "ci_low" in marks.columns and bool(marks["ci_low"].notna().any())
-    return settings if has_intervals else dataclasses.replace(settings, intervals=False)
-
-
 def procedure_note(settings: Settings) -> str:
     """How the page's intervals, marks and diagram are made, in two sentences."""
     return (f"Intervals: {settings.confidence:.0%} two-level bootstrap over training seeds and queries, paired over "
@@ -186,9 +179,8 @@ def comparison_section(records: Sequence[RunRecord], metric: str, store: RunStor
     critical-difference diagram of ``plots`` (or why there is none) and the procedure."""
     frame, summary = marked_summary(records, metric, store, settings)
     table = wide_table(summary, ("<strong>", "</strong>"), esc, tie=TIE_MARK["html"])
-    shown = _shown(settings, summary)
     markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame),
-                           significance=significance_note(summary, shown), intervals=shown.intervals)
+                           significance=significance_note(summary, settings), intervals=shows_intervals(summary))
     note = " ".join(line for line in markdown.splitlines() if line.strip() and not line.startswith("|"))
     return (f'<section id="tables"><h2>Comparison: {esc(metric_label(metric))}</h2>'
             f"{html_table(table)}<p class=note>{esc(note)}</p>"
@@ -254,7 +246,7 @@ def ablation_table(data: AblationData, marks: pd.DataFrame | None = None,
     caption = ""
     if marks is not None:
         reference = ablation_reference(data)
-        caption = significance_note(marks.assign(source=MEASURED), _shown(settings, marks),
+        caption = significance_note(marks.assign(source=MEASURED), settings,
                                     f"the default setting ({reference})" if reference is not None
                                     else "the column's best (no single default setting)")
     return (f'<h3 id="{esc(data.name)}">{esc(data.name)}</h3><table class="cmp">{_header(columns, data.method)}'
@@ -297,11 +289,13 @@ def ablations_section(plots: Sequence[Plot], records: Sequence[RunRecord] = (), 
     ablations = [p.data for p in plots if p.kind == "ablation"]
     if not ablations:
         return ""
-    tables = []
+    tables, cells = [], {}  # the per-query files read once for all ablations of a metric
     for data in ablations:
         marks = None
         if store is not None:
-            marks = ablation_marks(data, QueryCells.of(store, records, data.metric), settings)
+            if data.metric not in cells:
+                cells[data.metric] = QueryCells.of(store, records, data.metric)
+            marks = ablation_marks(data, cells[data.metric], settings)
         tables.append(ablation_table(data, marks, settings))
     return ('<section id="ablations"><h2>Ablations</h2>'
             "<p class=note>From the records: each method's runs grouped by the parameters they changed "

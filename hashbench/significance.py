@@ -38,6 +38,7 @@ from .stats import (
     DEFAULT_SEED,
     CellValues,
     check_level,
+    check_resamples,
     holm,
     interval,
     paired_difference,
@@ -64,8 +65,7 @@ class Settings:
     def __post_init__(self) -> None:
         check_level(self.alpha, "--alpha")
         check_level(self.confidence, "--confidence")
-        if not isinstance(self.resamples, int) or isinstance(self.resamples, bool) or self.resamples < 100:
-            raise HashbenchError(f"--resamples must be a whole number >= 100, got {self.resamples!r}")
+        check_resamples(self.resamples, "--resamples")
 
     def describe(self) -> str:
         """The procedure in one sentence, for captions."""

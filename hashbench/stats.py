@@ -115,9 +115,10 @@ def check_level(value: float, what: str) -> float:
     return float(value)
 
 
-def _check_resamples(n: int) -> int:
+def check_resamples(n: int, what: str = "resamples") -> int:
+    """``n`` if it is a whole number of bootstrap replicates >= 100, else a HashbenchError."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 100:
-        raise HashbenchError(f"resamples must be a whole number >= 100, got {n!r}")
+        raise HashbenchError(f"{what} must be a whole number >= 100, got {n!r}")
     return n
 
 
@@ -151,7 +152,7 @@ def _replicates(cells: Sequence[CellValues], coefficients: Sequence[float], n_re
     draws for every cell (they must have the same query ids, in the same order), plus the
     seeds' part, a Student-t draw scaled by its standard error (Welch-Satterthwaite degrees
     of freedom across the cells)."""
-    n_resamples = _check_resamples(n_resamples)
+    n_resamples = check_resamples(n_resamples)
     first = cells[0]
     for cell in cells[1:]:
         if not np.array_equal(cell.query_ids, first.query_ids):

@@ -172,6 +172,20 @@ def check_formats(formats: Iterable[str]) -> list[str]:
 SIGNIFICANCE_COLUMNS = ["ci_low", "ci_high", "p_holm", "mark", "untested"]
 
 
+def shows_intervals(summary: pd.DataFrame) -> bool:
+    """Whether any cell of a summary (or of :func:`hashbench.significance.annotate`'s marks)
+    has an interval: asked for, and runs with per-query values."""
+    return "ci_low" in summary.columns and bool(summary["ci_low"].notna().any())
+
+
+def stored_columns(summary: pd.DataFrame, settings: Settings) -> list[str]:
+    """The significance columns a long table (csv) of ``summary`` stores: all of them with
+    intervals asked for (``settings.intervals``), else all but ci_low/ci_high; none without marks."""
+    if "mark" not in summary.columns:
+        return []
+    return [c for c in SIGNIFICANCE_COLUMNS if settings.intervals or not c.startswith("ci_")]
+
+
 def summary_frame(frame: pd.DataFrame, metric: str = "map", published: bool = True,
                   marks: pd.DataFrame | None = None) -> pd.DataFrame:
     """Long table: source, method, dataset, bits, n (seeds), mean, std, best, and with
@@ -273,7 +287,7 @@ def significance_note(summary: pd.DataFrame, settings: Settings, reference: str 
         return ""
     measured = summary[summary["source"] == MEASURED]
     parts = [f"{TIE_MARK['md']}: not distinguishable from {reference} ({settings.describe()})."]
-    if settings.intervals and measured["ci_low"].notna().any():
+    if shows_intervals(measured):
         parts.append(f"[low, high]: {settings.confidence:.0%} interval of the mean (two-level bootstrap over seeds "
                      "and queries).")
     if "n" in measured.columns and (measured["n"] == 2).any():
@@ -372,9 +386,9 @@ def write_tables(records: Sequence[RunRecord], out_dir: str | Path, metric: str 
     frame, summary = marked_summary(list(records), metric, store, settings)
     note = significance_note(summary, settings)
     markdown = to_markdown(wide_table(summary, ("**", "**")), metric, published_sources(summary), cutoffs(frame),
-                           significance=note, intervals=settings.intervals and "mark" in summary.columns)
+                           significance=note, intervals=shows_intervals(summary))
     latex_note = "% " + note + "\n" if note else ""
-    long = summary if settings.intervals else summary.drop(columns=["ci_low", "ci_high"], errors="ignore")
+    long = summary[[c for c in summary.columns if c not in SIGNIFICANCE_COLUMNS] + stored_columns(summary, settings)]
     renderers = {
         "md": lambda: markdown,
         "csv": lambda: long.to_csv(index=False),
