@@ -300,7 +300,7 @@ def _run_and_report(configs, results_dir: Path, executor: str, args: argparse.Na
     from .runner import run_grid
 
     summaries = run_grid(configs, results_dir, executor, executor_params, force=args.force,
-                         progress=not args.no_progress, done=done)
+                         progress=not args.no_progress, done=done, keep_models=not args.no_models)
     counts: dict[str, int] = {}
     for s in summaries:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
@@ -530,7 +530,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                      f"{summary['best_value']:.4f} with {json.dumps(values)} -> {path}")
         if not args.no_final:
             configs = spec.experiment(values, experiment.seeds, tag=TAG).grid()
-            run_grid(configs, results_dir, progress=not args.no_progress)
+            run_grid(configs, results_dir, progress=not args.no_progress, keep_models=not args.no_models)
     print("\n".join(lines))
     if not args.no_final:
         store = RunStore(results_dir)
@@ -779,6 +779,8 @@ def _add_grid_arguments(parser: argparse.ArgumentParser, config_help: str, set_h
     parser.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR})")
     parser.add_argument("--force", action="store_true", help="redo finished runs (old records are kept aside)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-models", action="store_true",
+                        help="keep no fitted model beside the run records (such runs cannot be exported)")
     # every registered executor's options (--jobs, --ray-address, ...), added when the command
     # runs: the registry loads only for the commands that need it
     parser.before_parse.append(_add_executor_options)
@@ -867,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--results-dir", help=f"results folder (default: {DEFAULT_RESULTS_DIR}); studies in its tuning/")
     tune.add_argument("--no-final", action="store_true", help="do not run the best config on the test protocol")
     tune.add_argument("--no-progress", action="store_true", help="no per-trial lines")
+    tune.add_argument("--no-models", action="store_true", help="the tuned runs keep no fitted model (as in run)")
     tune.set_defaults(func=cmd_tune)
 
     plot = sub.add_parser("plot", help="draw PR, precision@K, metric-vs-bits and ablation plots from run records")

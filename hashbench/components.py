@@ -225,6 +225,35 @@ class HashMethod(Component):
         """What the run record keeps about training (e.g. per-epoch loss terms); {} if nothing."""
         return {}
 
+    def fitted_state(self) -> dict[str, Any]:
+        """What ``encode`` needs after ``fit``, as plain data: {name: numpy array, torch
+        tensor, number, string, None, or a dict/list of those}; :meth:`restore` takes it back.
+        The runner saves it beside the run record (``runs/<run-id>.model.pt``, loaded with
+        ``torch.load(weights_only=True)``) so that ``hashbench export`` can rebuild the encoder.
+
+        Default (scikit-learn's convention): every public attribute whose name ends in ``_``
+        (``mean_``, ``components_``, ...). HashbenchError when there is none (not fitted, or a
+        method that keeps its state elsewhere and does not override this)."""
+        state = {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+        if not state:
+            raise HashbenchError(f"method {self.name}: no fitted state to save (fit it first, or override fitted_state)")
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Make this unfitted instance the fitted one whose :meth:`fitted_state` was ``state``
+        (``encode`` works without ``fit``). Default: set each entry as an attribute, tensors as
+        numpy arrays."""
+        for key, value in state.items():
+            setattr(self, key, value.numpy() if hasattr(value, "numpy") and hasattr(value, "dtype") else value)
+
+    def encoder(self) -> Any:
+        """The fitted method's code function as a ``torch.nn.Module`` (what ``hashbench export``
+        traces): forward(x) -> bool tensor (B, bits), equal bit for bit to ``encode`` on the same
+        input. ``x``: float32 features (B, D) for ``input = "features"``; the backbone's output
+        (pooled (B, F) or tokens (B, T, C)) for deep methods. Default: HashbenchError (the
+        method cannot be exported)."""
+        raise HashbenchError(f"method {self.name}: it has no encoder module (HashMethod.encoder), so it cannot be exported")
+
     def cache_reads(self) -> list[Any]:
         """The frozen-backbone outputs that ``fit``/``encode`` will read from the disk cache
         (:class:`hashbench.banks.CacheRead` items), so that the runner computes those of a whole

@@ -76,6 +76,67 @@ class DeepHashMethod(HashMethod):
         state = getattr(self, "_state", None)
         return state.log if state is not None else {}
 
+    def fitted_state(self) -> dict[str, Any]:
+        """``{"head": the selected head's state_dict, "feature_dim": int, "backbone": the
+        trained backbone's state_dict, or None when it is frozen (its weights are the config's)}``
+        (CPU tensors)."""
+        from .errors import HashbenchError
+        from .trainparts import module_state
+
+        state = getattr(self, "_state", None)
+        if state is None:
+            raise HashbenchError(f"method {self.name}: no fitted state to save (fit it first)")
+        frozen = state.backbone.config.frozen
+        return {"head": module_state(state.head), "feature_dim": int(self._feature_dim(state.backbone)),
+                "backbone": None if frozen else module_state(state.backbone.module)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Rebuild the backbone (the config's; its trained weights when ``state`` has them) and
+        the head (``build_head(feature_dim)`` with the saved weights), in eval mode."""
+        from .features import frozen_backbone
+        from .registry import create
+        from .train import TrainState, check_config
+
+        cfg = check_config(self)
+        if state.get("backbone") is None:
+            backbone = frozen_backbone(cfg.backbone, cfg.pretrained, cfg.input_size)
+        else:
+            backbone = create("backbone", cfg.backbone, pretrained=cfg.pretrained, input_size=cfg.input_size,
+                              frozen=False)
+            backbone.module.load_state_dict(state["backbone"])
+            backbone.module.eval()
+        head = self.build_head(int(state["feature_dim"]))
+        head.load_state_dict(state["head"])
+        head.to(backbone.device).eval()
+        self._state = TrainState(head=head, backbone=backbone, log={})
+
+    def encoder(self) -> Any:
+        """``hash_codes`` of the selected head as a module: backbone output -> bool (B, bits)."""
+        from .errors import HashbenchError
+
+        state = getattr(self, "_state", None)
+        if state is None:
+            raise HashbenchError(f"method {self.name}: no encoder before fit (or restore)")
+        return _head_codes(self, state.head)
+
+    def _feature_dim(self, backbone: Any) -> int:
+        return backbone.token_dim if self.backbone_output == "tokens" else backbone.feature_dim
+
+
+def _head_codes(method: DeepHashMethod, head: Any) -> Any:
+    """A module whose forward(f) is ``method.hash_codes(head, f)`` (the head is its submodule)."""
+    import torch
+
+    class HeadCodes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, f: Any) -> Any:
+            return method.hash_codes(self.head, f)
+
+    return HeadCodes().eval()
+
 
 def full_precision(tensor: Any) -> Any:
     """``tensor`` in at least float32: float16/bfloat16 (autocast outputs) become float32,

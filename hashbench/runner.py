@@ -53,6 +53,8 @@ class RunTask:
     config: RunConfig
     results_dir: str
     force: bool = False
+    #: save the fitted method beside the record (``runs/<run-id>.model.pt``, for ``hashbench export``)
+    keep_model: bool = True
 
 
 def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
@@ -122,11 +124,13 @@ def _handing_over(built: dict[str, Any]) -> Iterator[None]:
             _BUILT.pop(run_id, None)
 
 
-def perform(config: RunConfig, workdir: Path | None = None) -> tuple[RunRecord, QueryValues]:
+def perform(config: RunConfig, workdir: Path | None = None,
+            keep_model: bool = True) -> tuple[RunRecord, QueryValues, tuple[bytes, str] | None]:
     """Run one config and return its record (status ``done``, with its metrics, curves,
     protocol, split sizes, features, timings, training report and versions; host, start and end
-    times and seconds are left to the caller, :func:`execute`) and its per-query values (by the
-    query split's ids). Exceptions propagate.
+    times and seconds are left to the caller, :func:`execute`), its per-query values (by the
+    query split's ids) and, with ``keep_model``, its model file (:func:`model_file`; None when
+    the method keeps no fitted state). Exceptions propagate.
 
     ``workdir`` is a folder private to the run (deep methods keep their checkpoints there). The
     method is the one :func:`warm_caches` built for this run in this process, if any (never
@@ -164,6 +168,7 @@ def perform(config: RunConfig, workdir: Path | None = None) -> tuple[RunRecord, 
     )
     timings["eval_s"] = time.perf_counter() - t0
 
+    model = model_file(method, config, pack_codes(query_codes)) if keep_model else None
     extra = [d for d in (_plugin_distribution(config.method),) if d]
     queries = QueryValues.of(splits.query.index, {m: result["per_query"][m] for m in METRICS})
     record = RunRecord.new(
@@ -178,7 +183,50 @@ def perform(config: RunConfig, workdir: Path | None = None) -> tuple[RunRecord, 
         training=method.report(),
         versions={**package_versions(extra), "eval_engine": result["engine"]},
     )
-    return record, queries
+    return record, queries, model
+
+
+#: what a model file holds (``torch.load(path, weights_only=True)``): see :func:`model_file`
+MODEL_FORMAT = "hashbench-model"
+MODEL_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays as torch tensors (what ``torch.load(weights_only=True)`` reads)."""
+    import torch
+
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def model_file(method: Any, config: RunConfig, query_codes: np.ndarray) -> tuple[bytes, str] | None:
+    """The bytes of the run's model file and the SHA-256 of its packed query codes (uint8 (Q, W)),
+    or None when the method keeps no fitted state (:meth:`HashMethod.fitted_state` raises).
+
+    The file (``torch.save``; loads with ``weights_only=True``): ``{"format": MODEL_FORMAT,
+    "version": MODEL_VERSION, "run_id", "method", "bits", "state": the fitted state with numpy
+    arrays as tensors}``."""
+    import io
+
+    import torch
+
+    from .queries import sha256
+
+    try:
+        state = method.fitted_state()
+    except HashbenchError:
+        return None
+    buffer = io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "run_id": config.run_id,
+                "method": config.method, "bits": config.bits, "state": _plain(state)}, buffer)
+    return buffer.getvalue(), sha256(np.ascontiguousarray(query_codes).tobytes())
 
 
 def validate(config: RunConfig, on_validation: Callable[[int, float], None] | None = None) -> dict[str, Any]:
@@ -240,9 +288,9 @@ def execute(task: RunTask) -> dict[str, Any]:
         t0 = time.perf_counter()
         workdir = Path(task.results_dir) / "checkpoints" / run_id
         interrupt: KeyboardInterrupt | None = None
-        queries = None
+        queries = model = None
         try:
-            record, queries = perform(config, workdir)
+            record, queries, model = perform(config, workdir, task.keep_model)
             shutil.rmtree(workdir, ignore_errors=True)  # finished: only interrupted runs keep checkpoints
         except (Exception, SystemExit) as exc:  # a failing run is recorded and the grid goes on
             error = (f"SystemExit: the run called sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
@@ -255,7 +303,7 @@ def execute(task: RunTask) -> dict[str, Any]:
             interrupt = exc
         record = dataclasses.replace(record, host=socket.gethostname(), started_at=started_at,
                                      seconds=time.perf_counter() - t0, finished_at=_now())
-        store.write(record, queries)
+        store.write(record, queries, model)
         if interrupt is not None:
             raise interrupt
         return {"run_id": run_id, "status": record.status, "seconds": record.seconds, "error": record.error}
@@ -430,8 +478,12 @@ def run_grid(
     progress: bool = True,
     warm: bool = True,
     done: Iterable[str] | None = None,
+    keep_models: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every config through the named executor; returns one summary per run.
+
+    ``keep_models``: each done run saves its fitted method beside its record (what
+    ``hashbench export`` reads); False saves none.
 
     Runs already done (unless ``force``) are not dispatched: their summary is ``skipped``.
     ``done``: the finished run ids, as the caller read them (``RunStore.snapshot().done``);
@@ -457,7 +509,7 @@ def run_grid(
     # finished runs are never dispatched (execute checks again under the lock)
     summaries: list[dict[str, Any]] = [{"run_id": run_id, "status": "skipped"} for run_id in ids
                                        if run_id in finished]
-    tasks = [RunTask(c, str(results_dir), force) for c in todo]
+    tasks = [RunTask(c, str(results_dir), force, keep_models) for c in todo]
     log = StepLog("run", [(t.config.run_id, t.config.method, 1.0) for t in tasks], "runs",
                   enabled=logs_progress(progress))
     with _handing_over(built), tqdm(total=len(configs), initial=len(summaries), desc="runs", unit="run",

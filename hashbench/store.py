@@ -60,6 +60,8 @@ RECORD_METRICS = (*METRICS, "topk")
 CURVES = {"pr_curve": ("radius", "precision", "recall"), "precision_at_k": ("k", "precision")}
 #: method parameters that name a deep method's input (its backbone): a run's table column
 INPUT_KEYS = ("backbone", "pretrained", "input_size", "frozen")
+#: the suffix of a run's saved fitted method, beside its record (see RunStore.model_bytes)
+MODEL_SUFFIX = ".model.pt"
 #: what a done record holds besides the keys of every record (absent from failed records); and
 #: ``per_query`` when the run kept its per-query values (absent from records written before)
 DONE_KEYS = ("metrics", "curves", "protocol", "splits", "features", "timings", "training")
@@ -173,7 +175,10 @@ class RunRecord(Mapping):
     became features, or None), ``timings`` and ``training`` (the method's report); a failed
     one its ``traceback`` (None when the process running it died or was interrupted).
     ``per_query``: a done record's per-query file (:meth:`QueryValues.entry
-    <hashbench.queries.QueryValues.entry>`), None when the run kept none. ``extra``: keys this version does not know, kept as they were.
+    <hashbench.queries.QueryValues.entry>`), None when the run kept none. ``model``: a done
+    record's saved fitted method (:func:`model_entry`: ``file``, ``sha256``, ``bytes`` and
+    ``query_codes_sha256``, the SHA-256 of the packed query codes the run evaluated), None when
+    the run kept none. ``extra``: keys this version does not know, kept as they were.
 
     It is also a read-only mapping of its JSON form (``record["status"]``, ``record.get(...)``,
     ``dict(record)``), for code written against the files.
@@ -198,6 +203,7 @@ class RunRecord(Mapping):
     timings: dict[str, float] | None = None
     training: dict[str, Any] | None = None
     per_query: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     record_version: int = RECORD_VERSION
 
@@ -223,6 +229,8 @@ class RunRecord(Mapping):
                 out[key] = getattr(self, key)
         if self.per_query is not None:
             out["per_query"] = self.per_query
+        if self.model is not None:
+            out["model"] = self.model
         out.update(self.extra)
         return out
 
@@ -385,7 +393,39 @@ def check_record(data: Any, path: Path) -> dict[str, Any]:
         why = check_entry(data["per_query"], data["run_id"], METRICS)
         if why:
             bad(why)
+    if data.get("model") is not None:
+        why = _check_model_entry(data["model"], data["run_id"])
+        if why:
+            bad(why)
     return data
+
+
+def model_name(run_id: str) -> str:
+    """The run's saved fitted method (:meth:`HashMethod.fitted_state`), relative to the runs folder."""
+    return f"{run_id}{MODEL_SUFFIX}"
+
+
+def model_entry(run_id: str, data: bytes, query_codes_sha256: str) -> dict[str, Any]:
+    """A record's ``model`` entry for the model file ``data`` of run ``run_id``."""
+    return {"file": model_name(run_id), "sha256": sha256(data), "bytes": len(data),
+            "query_codes_sha256": query_codes_sha256}
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _check_model_entry(entry: Any, run_id: str) -> str | None:
+    """Why ``entry`` is not a valid ``model`` entry of the record ``run_id`` (None if it is)."""
+    if not isinstance(entry, dict):
+        return "model is not a mapping"
+    if entry.get("file") != model_name(run_id):
+        return f"model.file {entry.get('file')!r} is not {model_name(run_id)!r}"
+    if not _is_digest(entry.get("sha256")) or not _is_digest(entry.get("query_codes_sha256")):
+        return "model.sha256 or model.query_codes_sha256 is not a SHA-256 hex digest"
+    if not _whole(entry.get("bytes")) or entry["bytes"] <= 0:
+        return f"model.bytes is {entry.get('bytes')!r}, not a whole number > 0"
+    return None
 
 
 def load_record(data: Any, path: Path) -> RunRecord:
@@ -485,6 +525,10 @@ class RunStore:
     def path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
 
+    def model_path(self, run_id: str) -> Path:
+        """The run's saved fitted method (:func:`model_name`)."""
+        return self.runs_dir / model_name(run_id)
+
     def sidecar_path(self, run_id: str) -> Path:
         """The run's per-query file (:mod:`hashbench.queries`)."""
         return self.runs_dir / sidecar_name(run_id)
@@ -504,6 +548,9 @@ class RunStore:
         sidecar = self.sidecar_path(path.stem)
         if sidecar.exists():
             os.replace(sidecar, target.with_name(sidecar_name(target.stem)))
+        model = self.model_path(path.stem)
+        if model.exists():
+            os.replace(model, target.with_name(model_name(target.stem)))
         return target
 
     def read(self, run_id: str) -> RunRecord | None:
@@ -545,12 +592,15 @@ class RunStore:
         except UnreadableRecord:
             return False
 
-    def write(self, record: RunRecord | Mapping[str, Any], queries: QueryValues | None = None) -> Path:
+    def write(self, record: RunRecord | Mapping[str, Any], queries: QueryValues | None = None,
+              model: tuple[bytes, str] | None = None) -> Path:
         """THE writer: store ``record`` atomically as JSON (a mapping is taken as a record's
         JSON form, migrated if it is of an older version); a finished record it replaces goes to
         ``runs/superseded/``, an unreadable one to ``runs/unreadable/`` (each with its per-query
         file). ``queries``: a done run's per-query values, written atomically first to
-        ``runs/<run-id>.queries.npz``, then named in the record's ``per_query``."""
+        ``runs/<run-id>.queries.npz``, then named in the record's ``per_query``. ``model``: a done
+        run's (model file bytes, SHA-256 of its packed query codes), written atomically first
+        to ``runs/<run-id>.model.pt``, then named in the record's ``model``."""
         record = as_record(record)
         path = self.path(record.run_id)
         if path.exists():
@@ -568,8 +618,33 @@ class RunStore:
             queries.check_means(record.metrics or {}, f"run {record.run_id}")
             atomic_write_bytes(self.sidecar_path(record.run_id), data)
             record = dataclasses.replace(record, per_query=queries.entry(record.run_id, data))
+        if model is not None:
+            if record.status != "done":
+                raise HashbenchError(f"run {record.run_id}: a saved model belongs to a done record")
+            data, codes_digest = model
+            atomic_write_bytes(self.model_path(record.run_id), data)
+            record = dataclasses.replace(record, model=model_entry(record.run_id, data, codes_digest))
         atomic_write_json(path, record.to_dict())
         return path
+
+    def model_bytes(self, record: RunRecord) -> bytes:
+        """The bytes of a done record's model file, checked against the record (SHA-256).
+        HashbenchError naming the file when the run kept no model, or the file is missing or
+        not the one its record names."""
+        entry = record.model
+        if entry is None:
+            raise HashbenchError(f"run {record.run_id} kept no model (recorded before models were saved, or run with "
+                                 f"--no-models); `hashbench run --force` reruns it and keeps one")
+        path = self.runs_dir / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise HashbenchError(f"run {record.run_id}: cannot read its model file {path} ({exc.strerror}); "
+                                 f"`hashbench run --force` reruns it") from None
+        if sha256(data) != entry["sha256"]:
+            raise HashbenchError(f"{path}: not the model file its record names (SHA-256 differs); "
+                                 f"`hashbench run --force` reruns the run")
+        return data
 
     def query_values(self, record: RunRecord) -> QueryValues | None:
         """The per-query values of a done record, checked against it (the file's SHA-256, its

@@ -63,6 +63,13 @@ class ITQ(HashMethod):
         v = _linear.project(x, self.components_, self.mean_, self.name)
         return _linear.sign_bits(v @ self.rotation_)
 
+    def encoder(self):
+        """The torch module of ``encode`` (float features (B, D) -> bool (B, bits)), for export."""
+        from .._torch import ProjectionSign
+
+        _linear.require_fitted(self, "rotation_")
+        return ProjectionSign(self.components_, self.mean_, self.rotation_)
+
 
 @hookimpl
 def register_methods():

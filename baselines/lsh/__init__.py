@@ -44,6 +44,13 @@ class LSH(HashMethod):
         x = _linear.check_features(x, self.name, self.dim_)
         return _linear.sign_bits(_linear.project(x, self.projections_, None, self.name))
 
+    def encoder(self):
+        """The torch module of ``encode`` (float features (B, D) -> bool (B, bits)), for export."""
+        from .._torch import ProjectionSign
+
+        _linear.require_fitted(self, "projections_")
+        return ProjectionSign(self.projections_)
+
 
 @hookimpl
 def register_methods():

@@ -43,6 +43,13 @@ class PCAH(HashMethod):
         x = _linear.check_features(x, self.name, self.dim_)
         return _linear.sign_bits(_linear.project(x, self.components_, self.mean_, self.name))
 
+    def encoder(self):
+        """The torch module of ``encode`` (float features (B, D) -> bool (B, bits)), for export."""
+        from .._torch import ProjectionSign
+
+        _linear.require_fitted(self, "components_")
+        return ProjectionSign(self.components_, self.mean_)
+
 
 @hookimpl
 def register_methods():

@@ -73,6 +73,14 @@ class SH(HashMethod):
         dims = np.argmax(self.modes_ != 0, axis=1)  # the one PCA dimension of each bit
         return _linear.sign_bits(np.sin(np.pi / 2 + (v[:, dims] - self.mn_[dims]) * self.omegas_))
 
+    def encoder(self):
+        """The torch module of ``encode`` (float features (B, D) -> bool (B, bits)), for export."""
+        from .._torch import SpectralSign
+
+        _linear.require_fitted(self, "modes_")
+        dims = np.argmax(self.modes_ != 0, axis=1)
+        return SpectralSign(self.components_, self.mean_, dims, self.mn_[dims], self.omegas_)
+
 
 @hookimpl
 def register_methods():
