@@ -656,6 +656,72 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export, index, search, serve
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+    from .store import RunStore
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    manifest = export_run(RunStore(Path(args.results_dir)), args.run, Path(args.out) if args.out else None, formats)
+    print(f"hashbench: exported run {manifest['run_id']} ({manifest['label']}, {manifest['bits']} bits) "
+          f"to {manifest['folder']}", file=sys.stderr)
+    for fmt, entry in manifest["files"].items():
+        check = manifest["checks"][fmt]
+        verdict = ("equal, bit for bit" if check["equal"] else
+                   f"DIFFERENT: {check['differing_bits']} bits in {check['differing_items']} items")
+        print(f"{fmt:<12} {entry['file']:<14} {entry['bytes'] / 1e6:7.1f} MB  codes of {check['items']:,} query "
+              f"images vs the run's: {verdict}")
+    return 0 if all(c["equal"] for c in manifest["checks"].values()) else 1
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import build_index
+    from .store import RunStore
+
+    store = RunStore(Path(args.results_dir))
+    out = args.out
+    if out is None:
+        from .export import resolve_run
+
+        name = Path(args.images).resolve().name if args.images else args.split
+        out = store.results_dir / "indexes" / f"{resolve_run(store, args.run).run_id}-{name}.hbi"
+    index, report = build_index(store, args.run, images=args.images, split=args.split, out=out,
+                                folder_labels=args.folder_labels, progress=False if args.no_progress else None)
+    for path, why in report.skipped:
+        print(f"hashbench: skipped {path}: {why}", file=sys.stderr)
+    print(f"hashbench: index {index.path}: {len(index):,} items ({report.encoded:,} encoded, {report.reused:,} "
+          f"unchanged, {report.removed:,} removed, {len(report.skipped):,} skipped), "
+          f"{index.bits} bits, run {index.manifest['run']['run_id']}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import Index, search_files
+
+    index = Index.load(args.index)
+    k = None if args.radius is not None and args.k is None else (args.k or 10)
+    results = list(search_files(index, args.images, k, args.radius))
+    if args.format == "json":
+        print(json.dumps([{"query": q, "results": [{"rank": r + 1, "item": index.describe(i), "distance": d,
+                                                     "labels": index.label_names(i)}
+                                                    for r, (i, d) in enumerate(hits)]} for q, hits in results],
+                         indent=1))
+        return 0
+    for query, hits in results:
+        print(f"{query}: {len(hits)} result{'s' if len(hits) != 1 else ''}")
+        for rank, (i, d) in enumerate(hits, 1):
+            labels = ",".join(index.label_names(i))
+            print(f"  {rank:>3}  {d:>3}  {index.describe(i)}" + (f"  [{labels}]" if labels else ""))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(args.index, host=args.host, port=args.port, k=args.k, max_upload_mb=args.max_upload_mb)
+
+
 # ----------------------------------------------------------------------------- list
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -902,6 +968,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--topk", type=int, help="K of mAP@K (default: the whole database)")
     ev.add_argument("--format", choices=("json", "table"), default="json")
     ev.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="a run's whole encoder as TorchScript and ONNX, checked against the run's codes")
+    export.add_argument("run", metavar="RUN", help="a run id, or best:LABEL[@BITS] (e.g. best:cibhash@32)")
+    export.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
+    export.add_argument("--out", help="folder for the files (default: RESULTS/exports/<run-id>)")
+    export.add_argument("--format", default="torchscript,onnx", help="comma-separated: torchscript, onnx")
+    export.set_defaults(func=cmd_export)
+
+    index = sub.add_parser("index", help="encode a folder of images or a protocol split into a searchable index file")
+    index.add_argument("run", metavar="RUN", help="a run id, or best:LABEL[@BITS]")
+    source = index.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="DIR", help="a folder of images (any PIL-readable files, recursively)")
+    source.add_argument("--split", help="a split of the run's protocol: train, val, query or database")
+    index.add_argument("--out", metavar="INDEX", help="the index file (default: RESULTS/indexes/<run-id>-<name>.hbi); "
+                       "an existing one is brought up to date")
+    index.add_argument("--folder-labels", action="store_true", help="label each image by its first folder")
+    index.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR)
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="Hamming search of an index by example images")
+    search.add_argument("index", metavar="INDEX", help="an index file (hashbench index)")
+    search.add_argument("images", metavar="IMAGE", nargs="+", help="query image files")
+    search.add_argument("-k", type=_positive_int, default=None, help="results per query (default 10; "
+                        "no limit with --radius alone)")
+    search.add_argument("--radius", type=int, help="only items within this Hamming distance")
+    search.add_argument("--format", choices=("text", "json"), default="text")
+    search.set_defaults(func=cmd_search)
+
+    serve = sub.add_parser("serve", help="a web page and JSON API to search an index (hashbench[serve])")
+    serve.add_argument("index", metavar="INDEX", help="an index file (hashbench index)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("-k", type=_positive_int, default=10, help="results shown per query (default 10)")
+    serve.add_argument("--max-upload-mb", type=_positive_float, default=8.0, help="largest upload (default 8 MB)")
+    serve.set_defaults(func=cmd_serve)
 
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", nargs="?", help=f"the kind of component: {', '.join(PLURAL.values())}")
