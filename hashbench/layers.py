@@ -54,7 +54,14 @@ def sign_ste(x: torch.Tensor, zero: float = 1.0) -> torch.Tensor:
     For ``|x| <= 1`` (e.g. a tanh output) ``sign_ste(x, zero=0.0)`` equals the detach form
     ``x + (torch.sign(x) - x).detach()`` bit for bit in float16, bfloat16, float32 and float64
     (round to nearest: ``x + fl(1 - x)`` rounds to 1), with the same gradient.
+
+    Where no gradient is needed (``torch.no_grad``, or ``x`` does not require one) the forward
+    values are computed with plain torch ops, the same values: a module that uses it at test
+    time can then be traced to TorchScript (``hashbench export``), which cannot hold a Python
+    autograd Function.
     """
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return SignSTE.forward(None, x, zero)
     return SignSTE.apply(x, zero)
 
 
