@@ -322,3 +322,12 @@ def test_a_corrupt_or_foreign_index_is_one_clear_error(tiny, cli, tmp_path, one_
         assert code != 0 and expected[case] in one_line_error(err), case
     code, _, err = cli("search", str(out), str(tmp_path / "missing.png"))
     assert code != 0 and "not a readable image" in one_line_error(err)
+
+
+def test_onnx_export_without_its_extra_is_one_clear_error(tiny, cli, one_line_error, monkeypatch):
+    import sys
+
+    record = tiny("lsh", "--backbone", "none")["lsh"]
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    code, _, err = cli("export", record.run_id, "--results-dir", str(tiny.results), "--format", "onnx")
+    assert code != 0 and "pip install 'hashbench[export]'" in one_line_error(err)
