@@ -167,10 +167,11 @@ def test_unreadable_record_is_moved_aside_and_rerun(cli, tmp_path):
     assert code == 0 and "1 done" in err and "1 skipped" in err
     assert f"unreadable record {broken}" in err
     moved = sorted((results / "runs" / "unreadable").glob(broken.stem + ".*"))
-    # the record and its per-query file go aside together, under one new name
-    assert [p.name[len(broken.stem):].split(".", 2)[-1] for p in moved] == ["json", "queries.npz"]
+    # the record, its per-query file and its model go aside together, under one new name
+    assert [p.name[len(broken.stem):].split(".", 2)[-1] for p in moved] == ["json", "model.pt", "queries.npz"]
     assert moved[0].read_text() == '{"run_id": "lsh-synth'
-    assert moved[1].name == moved[0].name[:-len(".json")] + ".queries.npz"
+    assert moved[2].name == moved[0].name[:-len(".json")] + ".queries.npz"
+    assert moved[1].name == moved[0].name[:-len(".json")] + ".model.pt"
     assert json.loads(broken.read_text())["status"] == "done"
     assert (results / "runs" / f"{broken.stem}.queries.npz").exists()  # the rerun's own
 
