@@ -67,7 +67,7 @@ def resolve_run(store: RunStore, spec: str) -> RunRecord:
         if not records:
             raise HashbenchError(f"{spec}: no done run with a saved model whose row is {label!r}"
                                  + (f" at {bits} bits" if bits else "") + f" in {store.runs_dir}")
-        return max(records, key=lambda r: (r.metrics["map"], [-ord(c) for c in r.run_id]))
+        return min(records, key=lambda r: (-r.metrics["map"], r.run_id))  # ties: the first run id
     record = store.peek(spec)
     if record is None:
         raise HashbenchError(f"no run {spec!r} in {store.runs_dir} (`hashbench table` lists the runs; "
@@ -81,8 +81,7 @@ def fitted_method(store: RunStore, record: RunRecord) -> Any:
     """The run's method, rebuilt from its config and restored from its model file."""
     import torch
 
-    from .registry import create
-    from .runner import MODEL_FORMAT, MODEL_VERSION
+    from .runner import MODEL_FORMAT, MODEL_VERSION, build_method
 
     data = store.model_bytes(record)
     try:
@@ -93,8 +92,7 @@ def fitted_method(store: RunStore, record: RunRecord) -> Any:
         raise HashbenchError(f"run {record.run_id}: its model file is not a {MODEL_FORMAT} v{MODEL_VERSION} file")
     if saved.get("run_id") != record.run_id:
         raise HashbenchError(f"run {record.run_id}: its model file belongs to run {saved.get('run_id')}")
-    config = RunConfig.from_dict(record.config)
-    method = create("method", config.method, bits=config.bits, seed=config.seed, **config.method_params)
+    method = build_method(RunConfig.from_dict(record.config))
     method.restore(saved["state"])
     return method
 
