@@ -451,7 +451,7 @@ def _index_split(record: Any, split: str, module: Any, manifest: dict[str, Any],
     if split not in SPLIT_NAMES:
         raise HashbenchError(f"--split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
     config = RunConfig.from_dict(record.config)
-    _, splits = _load_splits(config.dataset, json.dumps(config.dataset_params, sort_keys=True))
+    protocol, splits = _load_splits(config.dataset, json.dumps(config.dataset_params, sort_keys=True))
     part = getattr(splits, split)
     x = part.x
     codes = np.zeros((len(part), manifest["packed_bytes"]), np.uint8)
@@ -465,7 +465,9 @@ def _index_split(record: Any, split: str, module: Any, manifest: dict[str, Any],
             bar.update(stop - start)
     labels = np.asarray(part.labels)
     labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.uint8)
-    names = [str(i) for i in range(int(labels.max()) + 1 if labels.ndim == 1 else labels.shape[1])]
+    count = max(int(labels.max()) + 1 if labels.ndim == 1 else labels.shape[1], protocol.num_classes)
+    classes = list(getattr(protocol, "classes", ()) or ())
+    names = classes if len(classes) == count else [str(i) for i in range(count)]  # the protocol's class names
     source = {"kind": "split", "dataset": config.dataset, "dataset_params": config.dataset_params, "split": split}
     return source, codes, [{"id": int(i)} for i in part.index], labels, names
 
