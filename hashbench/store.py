@@ -635,16 +635,22 @@ class RunStore:
         if entry is None:
             raise HashbenchError(f"run {record.run_id} kept no model (recorded before models were saved, or run with "
                                  f"--no-models); `hashbench run --force` reruns it and keeps one")
+        return self._named_file(record, entry, "model file", "model file", HashbenchError)[1]
+
+    def _named_file(self, record: RunRecord, entry: dict[str, Any], what: str, noun: str,
+                    error: type[HashbenchError]) -> tuple[Path, bytes]:
+        """(path, bytes) of the file a record's entry names (``file``, relative to runs/),
+        checked against the entry's ``sha256``; ``error`` naming it when it cannot be read or differs."""
         path = self.runs_dir / entry["file"]
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise HashbenchError(f"run {record.run_id}: cannot read its model file {path} ({exc.strerror}); "
-                                 f"`hashbench run --force` reruns it") from None
+            raise error(f"run {record.run_id}: cannot read its {what} {path} ({exc.strerror}); "
+                        f"`hashbench run --force` reruns it") from None
         if sha256(data) != entry["sha256"]:
-            raise HashbenchError(f"{path}: not the model file its record names (SHA-256 differs); "
-                                 f"`hashbench run --force` reruns the run")
-        return data
+            raise error(f"{path}: not the {noun} its record names (SHA-256 differs); "
+                        f"`hashbench run --force` reruns the run")
+        return path, data
 
     def query_values(self, record: RunRecord) -> QueryValues | None:
         """The per-query values of a done record, checked against it (the file's SHA-256, its
@@ -654,15 +660,7 @@ class RunStore:
         entry = record.per_query
         if entry is None:
             return None
-        path = self.runs_dir / entry["file"]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise QueriesError(f"run {record.run_id}: cannot read its per-query file {path} ({exc.strerror}); "
-                               f"`hashbench run --force` reruns it") from None
-        if sha256(data) != entry["sha256"]:
-            raise QueriesError(f"{path}: not the file its record names (SHA-256 differs); "
-                               f"`hashbench run --force` reruns the run")
+        path, data = self._named_file(record, entry, "per-query file", "file", QueriesError)
         values = QueryValues.from_bytes(data, str(path))
         if values.num_queries != entry["num_queries"] or sorted(values.values) != sorted(entry["metrics"]):
             raise QueriesError(f"{path}: holds {values.num_queries} queries and {sorted(values.values)}, "
