@@ -156,24 +156,37 @@ def hamming_distances(query_packed, db_packed) -> np.ndarray:
     """Exact Hamming distances between packed codes: (nq, W) x (ndb, W) uint8 -> (nq, ndb).
 
     dtype uint8 when 8*W <= 255, else uint16. Counts every bit of the W bytes (padding bits of
-    ``pack_codes`` output are zero, so they add nothing).
+    ``pack_codes`` output are zero, so they add nothing). Many calls against one database:
+    :class:`HammingDatabase` prepares it once.
     """
-    q = _check_packed(query_packed, "query codes")
-    db = _check_packed(db_packed, "database codes")
-    if q.shape[1] != db.shape[1]:
-        raise HashbenchError(
-            f"query codes are {q.shape[1]} bytes wide but database codes {db.shape[1]}; "
-            "pack both with the same bit count"
-        )
-    bits = 8 * q.shape[1]
-    qw, dbw = _to_words(q), np.ascontiguousarray(_to_words(db).T)
-    out = np.empty((q.shape[0], db.shape[0]), _dist_dtype(bits))
-    if q.shape[0] and db.shape[0]:
-        step = max(1, min(_MAX_CHUNK_ROWS, DEFAULT_CHUNK_BYTES // (16 * db.shape[0])))
-        buf = np.empty((min(step, q.shape[0]), min(_COL_BLOCK, db.shape[0])), np.uint64)
-        for q0 in range(0, q.shape[0], step):
-            _distance_block(qw[q0:q0 + step], dbw, out[q0:q0 + step], buf)
-    return out
+    return HammingDatabase(db_packed).distances(query_packed)
+
+
+class HammingDatabase:
+    """Packed database codes uint8 (ndb, W) laid out once (64-bit words, word-major) for many
+    :meth:`distances` calls (a search index; :func:`hamming_distances` makes one per call)."""
+
+    def __init__(self, db_packed) -> None:
+        db = _check_packed(db_packed, "database codes")
+        self.size, self.width = db.shape
+        self._words = np.ascontiguousarray(_to_words(db).T)
+
+    def distances(self, query_packed) -> np.ndarray:
+        """(nq, ndb) distances of packed query codes uint8 (nq, W) (see :func:`hamming_distances`)."""
+        q = _check_packed(query_packed, "query codes")
+        if q.shape[1] != self.width:
+            raise HashbenchError(
+                f"query codes are {q.shape[1]} bytes wide but database codes {self.width}; "
+                "pack both with the same bit count"
+            )
+        qw, dbw = _to_words(q), self._words
+        out = np.empty((q.shape[0], self.size), _dist_dtype(8 * self.width))
+        if q.shape[0] and self.size:
+            step = max(1, min(_MAX_CHUNK_ROWS, DEFAULT_CHUNK_BYTES // (16 * self.size)))
+            buf = np.empty((min(step, q.shape[0]), min(_COL_BLOCK, self.size)), np.uint64)
+            for q0 in range(0, q.shape[0], step):
+                _distance_block(qw[q0:q0 + step], dbw, out[q0:q0 + step], buf)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ The index file (format ``hashbench-index``, version :data:`INDEX_VERSION`) is a 
 
 Every member is checked against its SHA-256 when the file is read (:meth:`Index.load`): a
 corrupt, truncated or foreign file is one :class:`IndexFileError`. Search is the exact Hamming
-ranking of :func:`hashbench.evaluate.hamming_distances`, ties broken by item order (stable).
+ranking of :class:`hashbench.evaluate.HammingDatabase` (the codes laid out once per loaded
+index), ties broken by item order (stable).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HashbenchError
-from .evaluate import hamming_distances
+from .evaluate import HammingDatabase
 from .queries import sha256
 
 INDEX_FORMAT = "hashbench-index"
@@ -107,6 +108,7 @@ class Index:
     encoder_bytes: bytes
     path: Path | None = None
     _encoder: Any = field(default=None, repr=False)
+    _database: Any = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -139,7 +141,9 @@ class Index:
             raise HashbenchError(f"k must be >= 1, got {k}")
         if radius is not None and not 0 <= radius <= self.bits:
             raise HashbenchError(f"radius must be between 0 and {self.bits}, got {radius}")
-        dist = hamming_distances(np.atleast_2d(query_codes), self.codes)
+        if self._database is None:
+            self._database = HammingDatabase(self.codes)  # laid out once for every search
+        dist = self._database.distances(np.atleast_2d(query_codes))
         out = []
         for row in dist:
             if radius is not None:
