@@ -29,7 +29,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,14 +427,23 @@ def reference_codes(record: RunRecord, method: Any) -> np.ndarray:
     return pack_codes(method.encode(splits.query.x))
 
 
-def _load_images(x: Any) -> np.ndarray:
-    """An in-memory uint8 array of split images (ImageFiles are read; they must share one size)."""
-    if isinstance(x, np.ndarray):
-        return x
-    images = [x[i] for i in range(len(x))]
-    if len({im.shape for im in images}) > 1:
-        raise HashbenchError("the query images differ in size: checking needs one size (encode them one by one)")
-    return np.stack(images)
+def encode_grouped(run: Callable[[np.ndarray], np.ndarray], images: Sequence[np.ndarray],
+                   manifest: dict[str, Any]) -> np.ndarray:
+    """Packed codes uint8 (N, W) of images (each uint8 (H, W[, C]), any sizes) by ``run`` (a
+    batch function on the exported layout, :func:`run_torch` / :func:`run_onnx`): images of one
+    size are encoded together, in the order given back."""
+    out = np.zeros((len(images), manifest["packed_bytes"]), np.uint8)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for rows in groups.values():
+        out[rows] = run(as_input(np.stack([images[i] for i in rows]), manifest))
+    return out
+
+
+def _image_list(x: Any) -> list[np.ndarray]:
+    """Split images as a list of uint8 arrays (an array's rows, or each file of ImageFiles read)."""
+    return list(x) if isinstance(x, np.ndarray) else [x[i] for i in range(len(x))]
 
 
 def export_run(store: RunStore, spec: str, out: Path | None = None,
@@ -450,9 +459,8 @@ def export_run(store: RunStore, spec: str, out: Path | None = None,
     record = resolve_run(store, spec)
     check_images(record)
     method = fitted_method(store, record)
-    query = _load_images(query_images(record))
-    pipeline = build_pipeline(record, method, query.shape[1:])
-    images = as_input(query, pipeline.manifest)
+    query = _image_list(query_images(record))
+    pipeline = build_pipeline(record, method, query[0].shape)
     out = Path(out) if out is not None else store.results_dir / "exports" / record.run_id
     out.mkdir(parents=True, exist_ok=True)
     # the reference: what the run evaluated (its digest), else this process's encode of the queries
@@ -463,15 +471,18 @@ def export_run(store: RunStore, spec: str, out: Path | None = None,
                              f"(another backbone, weights or library version?): not exported")
     manifest = dict(pipeline.manifest)
     manifest["files"], manifest["checks"] = {}, {}
-    example = images[: min(len(images), MIN_BATCH)]
+    first = [im for im in query if im.shape == query[0].shape]
+    example = as_input(np.stack(first[:MIN_BATCH]), pipeline.manifest)
     for fmt in formats:
         path = out / FILES[fmt]
         if fmt == "torchscript":
             atomic_write_bytes(path, _to_torchscript(pipeline, example))
-            got = run_torch(load_torchscript(path), images)
+            module = load_torchscript(path)
+            got = encode_grouped(lambda x: run_torch(module, x), query, pipeline.manifest)
         else:
             _to_onnx(pipeline, example, path)
-            got = run_onnx(onnx_session(path), images)
+            session = onnx_session(path)
+            got = encode_grouped(lambda x: run_onnx(session, x), query, pipeline.manifest)
         data = path.read_bytes()
         manifest["files"][fmt] = {"file": path.name, "sha256": sha256(data), "bytes": len(data)}
         manifest["checks"][fmt] = {**compare_codes(got, expected, pipeline.bits), "reference": reference}

@@ -84,15 +84,9 @@ def read_image(source: str | os.PathLike | bytes, manifest: dict[str, Any], max_
 def encode_images(module: Any, images: Sequence[np.ndarray], manifest: dict[str, Any]) -> np.ndarray:
     """Packed codes uint8 (N, W) of images (each uint8 (H, W[, C])) by a TorchScript encoder;
     images of one size are encoded together (in batches of :data:`hashbench.export.BATCH`)."""
-    from .export import as_input, run_torch
+    from .export import encode_grouped, run_torch
 
-    out = np.zeros((len(images), manifest["packed_bytes"]), np.uint8)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(tuple(image.shape), []).append(i)
-    for rows in groups.values():
-        out[rows] = run_torch(module, as_input(np.stack([images[i] for i in rows]), manifest))
-    return out
+    return encode_grouped(lambda x: run_torch(module, x), images, manifest)
 
 
 # ----------------------------------------------------------------------------- the index

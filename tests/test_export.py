@@ -331,3 +331,50 @@ def test_onnx_export_without_its_extra_is_one_clear_error(tiny, cli, one_line_er
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
     code, _, err = cli("export", record.run_id, "--results-dir", str(tiny.results), "--format", "onnx")
     assert code != 0 and "pip install 'hashbench[export]'" in one_line_error(err)
+
+
+def test_a_run_on_image_files_of_several_sizes_exports_and_checks(with_plugin, cli, tmp_path):
+    """Query images stored as files of several sizes (as NUS-WIDE and COCO list files give):
+    the check encodes each size group on its own and still finds the run's codes."""
+    from dataclasses import dataclass
+
+    from PIL import Image
+
+    from hashbench.components import Protocol, Splits
+    from hashbench.data.images import ImageFiles
+
+    root = tmp_path / "files"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        side = (8, 12, 16)[i % 3]
+        x = rng.integers(0, 80, (side, side + i % 2, 3), dtype=np.uint8)
+        x[: side // 2] += 150 * (i % 2)  # class 1: bright top half
+        Image.fromarray(x).save(root / f"{i:02d}.png")
+
+    class MixedFiles(Protocol):
+        name = "mixed-files"
+        summary = "24 PNG files of 6 sizes (test only)"
+        provides = ("images",)
+        num_classes = 2
+
+        @dataclass(frozen=True)
+        class Config:
+            root: str = ""
+
+        def load(self):
+            paths = sorted(p.name for p in Path(self.config.root).iterdir())
+            x, y = ImageFiles(self.config.root, paths), np.arange(len(paths)) % 2
+            ids = np.arange(len(paths))
+            return Splits.from_ids(x, y, train=ids[6:], val=ids[:0], query=ids[:6], database=ids[6:])
+
+    with_plugin(register_datasets=lambda: [MixedFiles])
+    results = tmp_path / "results"
+    code, _, err = cli("run", "--methods", "itq", "--datasets", "mixed-files", "--bits", "8", "--seeds", "0",
+                       "--set", f"mixed-files.root={root}", *BACKBONE, "--no-progress", "--no-table",
+                       "--results-dir", str(results))
+    assert code == 0, err
+    (record,) = RunStore(results).records()
+    code, out, err = cli("export", record.run_id, "--results-dir", str(results))
+    assert code == 0, err
+    assert out.count("codes of 6 query images vs the run's: equal, bit for bit") == 2
