@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .banks import MIN_FORWARD, backbone_identity, chunk_bounds
 from .config import RunConfig
 from .errors import HashbenchError
 from .evaluate import pack_codes, unpack_codes
@@ -46,11 +47,10 @@ MANIFEST_FORMAT = "hashbench-encoder"
 MANIFEST_VERSION = 1
 FORMATS = ("torchscript", "onnx")
 FILES = {"torchscript": "encoder.pt", "onnx": "encoder.onnx"}
-#: images per forward pass when checking or encoding (never fewer than MIN_BATCH but the last)
+#: images per forward pass when checking or encoding; a last batch shorter than
+#: hashbench.banks.MIN_FORWARD joins the one before (the backbone's CPU kernels give the same
+#: bits for batches of at least that many images)
 BATCH = 256
-#: the backbone's CPU kernels give the same bits for batches of at least this many images
-#: (hashbench.banks.MIN_FORWARD): a short last batch joins the one before
-MIN_BATCH = 16
 
 
 # ----------------------------------------------------------------------------- run -> method
@@ -107,6 +107,8 @@ def _modules() -> dict[str, type]:
     import torch.nn.functional as F
     from torch import nn
 
+    from .models.backbones import ANTIALIASED
+
     class ImageInput(nn.Module):
         """uint8 (B, H, W, 3) -> float32 (B, 3, S, S): /255, resize (timm's interpolation,
         antialiased; the identity when already S x S), clamp to [0, 1], (x - mean) / std."""
@@ -114,7 +116,7 @@ def _modules() -> dict[str, type]:
         def __init__(self, size: tuple[int, int], mode: str, mean: Any, std: Any) -> None:
             super().__init__()
             self.size, self.mode = size, mode
-            self.antialias = mode in ("bilinear", "bicubic")
+            self.antialias = mode in ANTIALIASED
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -198,11 +200,9 @@ class Pipeline:
 
 def _backbone_part(backbone: Any, output: str) -> tuple[Any, Any, dict[str, Any]]:
     """(ImageInput, BackboneOutput, preprocessing description) of a TimmBackbone."""
-    from .models.backbones import _INTERPOLATION
-
     m = _modules()
     cfg = backbone.data_config
-    mode = _INTERPOLATION.get(str(cfg.get("interpolation", "bicubic")), "bicubic")
+    mode = backbone.resize_mode
     module = backbone.module.cpu().eval()
     to_input = m["ImageInput"](backbone.input_size, mode, list(cfg["mean"]), list(cfg["std"]))
     nhwc = str(getattr(module, "output_fmt", "NCHW")) == "NHWC"
@@ -225,7 +225,7 @@ def build_pipeline(record: RunRecord, method: Any, image_shape: tuple[int, ...])
     if getattr(method, "input", "features") == "images":  # a deep method: its own backbone
         state = method._state
         to_input, part, pre = _backbone_part(state.backbone, method.backbone_output)
-        backbone_info = {**_identity(state.backbone), "output": method.backbone_output,
+        backbone_info = {**backbone_identity(state.backbone), "output": method.backbone_output,
                          "trained": not state.backbone.config.frozen}
         size = None
     else:
@@ -238,7 +238,7 @@ def build_pipeline(record: RunRecord, method: Any, image_shape: tuple[int, ...])
         else:
             backbone = frozen_backbone(spec.backbone, spec.pretrained, spec.input_size)
             to_input, part, pre = _backbone_part(backbone, "pooled")
-            backbone_info = {**_identity(backbone), "output": "pooled", "trained": False}
+            backbone_info = {**backbone_identity(backbone), "output": "pooled", "trained": False}
             size = None
     codes = method.encoder()
     if hasattr(codes, "cpu"):
@@ -256,11 +256,6 @@ def build_pipeline(record: RunRecord, method: Any, image_shape: tuple[int, ...])
         "preprocessing": pre, "backbone": backbone_info,
     }
     return Pipeline(module, manifest)
-
-
-def _identity(backbone: Any) -> dict[str, Any]:
-    return {"model": backbone.config.model, "weights": backbone.weights,
-            "input_size": list(backbone.input_size)}
 
 
 # ----------------------------------------------------------------------------- images
@@ -286,21 +281,13 @@ def as_input(images: Any, manifest: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def batches(n: int, size: int = BATCH) -> Iterator[tuple[int, int]]:
-    """(start, stop) of batches of ``size`` over n items; a last batch under MIN_BATCH joins the one before."""
-    bounds = [[i, min(i + size, n)] for i in range(0, n, size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_BATCH:
-        bounds[-2][1] = bounds.pop()[1]
-    yield from (tuple(b) for b in bounds)
-
-
 def run_torch(module: Any, images: np.ndarray) -> np.ndarray:
     """Packed codes uint8 (N, W) of a (traced or eager) pipeline on NHWC uint8 ``images``."""
     import torch
 
     out = []
     with torch.inference_mode():
-        for a, b in batches(len(images)):
+        for a, b in chunk_bounds(len(images), BATCH):
             out.append(module(torch.from_numpy(images[a:b])).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.uint8)
 
@@ -319,7 +306,7 @@ def onnx_session(path: str | Path) -> Any:
 def run_onnx(session: Any, images: np.ndarray) -> np.ndarray:
     """Packed codes uint8 (N, W) of an onnxruntime session on NHWC uint8 ``images``."""
     name = session.get_inputs()[0].name
-    out = [session.run(None, {name: images[a:b]})[0] for a, b in batches(len(images))]
+    out = [session.run(None, {name: images[a:b]})[0] for a, b in chunk_bounds(len(images), BATCH)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.uint8)
 
 
@@ -441,7 +428,7 @@ def encode_grouped(run: Callable[[np.ndarray], np.ndarray], images: Sequence[np.
     return out
 
 
-def _image_list(x: Any) -> list[np.ndarray]:
+def image_list(x: Any) -> list[np.ndarray]:
     """Split images as a list of uint8 arrays (an array's rows, or each file of ImageFiles read)."""
     return list(x) if isinstance(x, np.ndarray) else [x[i] for i in range(len(x))]
 
@@ -459,7 +446,7 @@ def export_run(store: RunStore, spec: str, out: Path | None = None,
     record = resolve_run(store, spec)
     check_images(record)
     method = fitted_method(store, record)
-    query = _image_list(query_images(record))
+    query = image_list(query_images(record))
     pipeline = build_pipeline(record, method, query[0].shape)
     out = Path(out) if out is not None else store.results_dir / "exports" / record.run_id
     out.mkdir(parents=True, exist_ok=True)
@@ -472,7 +459,7 @@ def export_run(store: RunStore, spec: str, out: Path | None = None,
     manifest = dict(pipeline.manifest)
     manifest["files"], manifest["checks"] = {}, {}
     first = [im for im in query if im.shape == query[0].shape]
-    example = as_input(np.stack(first[:MIN_BATCH]), pipeline.manifest)
+    example = as_input(np.stack(first[:MIN_FORWARD]), pipeline.manifest)
     for fmt in formats:
         path = out / FILES[fmt]
         if fmt == "torchscript":

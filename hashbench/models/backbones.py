@@ -44,6 +44,9 @@ _INTERPOLATION = {
     "box": "area",
 }
 
+#: the interpolate modes that preprocess resizes with antialias=True
+ANTIALIASED = ("bilinear", "bicubic")
+
 #: what :meth:`TimmBackbone.outputs` can return
 OUTPUTS = ("pooled", "tokens")
 
@@ -328,6 +331,13 @@ class TimmBackbone(Component):
         return copy.deepcopy(self._data_config)
 
     @property
+    def resize_mode(self) -> str:
+        """The ``torch.nn.functional.interpolate`` mode of :meth:`preprocess`'s resize: the data
+        config's interpolation (lanczos and other modes torch lacks: bicubic); antialiased
+        (and ``align_corners=False``) when it is one of :data:`ANTIALIASED`."""
+        return _INTERPOLATION.get(str(self._data_config.get("interpolation", "bicubic")), "bicubic")
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """(H, W) that :meth:`preprocess` resizes to: (S, S) when ``input_size`` is set."""
         _, h, w = self._data_config["input_size"]
@@ -383,8 +393,8 @@ class TimmBackbone(Component):
         x = x.float().div_(255.0)
         size = self.input_size
         if tuple(x.shape[-2:]) != size:
-            mode = _INTERPOLATION.get(str(self._data_config.get("interpolation", "bicubic")), "bicubic")
-            kwargs = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
+            mode = self.resize_mode
+            kwargs = {"antialias": True, "align_corners": False} if mode in ANTIALIASED else {}
             x = F.interpolate(x, size=size, mode=mode, **kwargs).clamp_(0.0, 1.0)
         return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
