@@ -680,13 +680,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .store import RunStore
 
     store = RunStore(Path(args.results_dir))
-    out = args.out
-    if out is None:
-        from .export import resolve_run
-
-        name = Path(args.images).resolve().name if args.images else args.split
-        out = store.results_dir / "indexes" / f"{resolve_run(store, args.run).run_id}-{name}.hbi"
-    index, report = build_index(store, args.run, images=args.images, split=args.split, out=out,
+    index, report = build_index(store, args.run, images=args.images, split=args.split, out=args.out,
                                 folder_labels=args.folder_labels, progress=False if args.no_progress else None)
     for path, why in report.skipped:
         print(f"hashbench: skipped {path}: {why}", file=sys.stderr)

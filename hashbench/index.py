@@ -335,9 +335,11 @@ def _encoder_for(store: Any, spec: str) -> tuple[Any, dict[str, Any], bytes]:
 
 
 def build_index(store: Any, spec: str, *, images: str | os.PathLike | None = None, split: str | None = None,
-                out: str | os.PathLike, folder_labels: bool = False, progress: bool | None = None) -> tuple[Index, BuildReport]:
+                out: str | os.PathLike | None = None, folder_labels: bool = False,
+                progress: bool | None = None) -> tuple[Index, BuildReport]:
     """Build (or bring up to date) the index ``out`` of run ``spec`` over the folder ``images``
-    or the protocol split ``split`` of the run's dataset, and save it. An existing ``out`` of
+    or the protocol split ``split`` of the run's dataset, and save it (``out`` None:
+    ``indexes/<run-id>-<folder name or split>.hbi`` of the results folder). An existing ``out`` of
     the same run and source is updated: folder files whose size and modification time are
     unchanged keep their codes; new and changed ones are encoded; removed ones are dropped.
     ``folder_labels``: each file's label is its first folder under the root (files at the root
@@ -351,6 +353,9 @@ def build_index(store: Any, spec: str, *, images: str | os.PathLike | None = Non
     run = {"run_id": record.run_id, "method": record.config["method"], "label": record.label.method_label(),
            "bits": int(record.config["bits"]), "dataset": record.config["dataset"],
            "map": (record.metrics or {}).get("map")}
+    if out is None:
+        name = Path(images).resolve().name if images is not None else split
+        out = store.results_dir / "indexes" / f"{record.run_id}-{name}.hbi"
     previous = _previous(out, record.run_id)
     report = BuildReport()
     if images is not None:
@@ -443,7 +448,7 @@ def _index_split(record: Any, split: str, module: Any, manifest: dict[str, Any],
                  progress: bool | None) -> tuple[dict[str, Any], np.ndarray, list, np.ndarray, list]:
     from .components import SPLIT_NAMES
     from .config import RunConfig
-    from .export import as_input, run_torch
+    from .export import image_list
     from .runner import _load_splits
 
     if split not in SPLIT_NAMES:
@@ -451,15 +456,11 @@ def _index_split(record: Any, split: str, module: Any, manifest: dict[str, Any],
     config = RunConfig.from_dict(record.config)
     protocol, splits = _load_splits(config.dataset, json.dumps(config.dataset_params, sort_keys=True))
     part = getattr(splits, split)
-    x = part.x
     codes = np.zeros((len(part), manifest["packed_bytes"]), np.uint8)
     with _bar(len(part), f"indexing {split}", progress) as bar:
         for start in range(0, len(part), CHUNK * 4):
             stop = min(len(part), start + CHUNK * 4)
-            if isinstance(x, np.ndarray):
-                codes[start:stop] = run_torch(module, as_input(x[start:stop], manifest))
-            else:
-                codes[start:stop] = encode_images(module, [x[i] for i in range(start, stop)], manifest)
+            codes[start:stop] = encode_images(module, image_list(part.x[start:stop]), manifest)
             bar.update(stop - start)
     labels = np.asarray(part.labels)
     labels = labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.uint8)
