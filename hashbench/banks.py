@@ -387,6 +387,11 @@ class Forwarder:
         torch.set_num_threads(self.threads)
 
 
+def output_dim(backbone: Any, output: str) -> int:
+    """The last dimension of a backbone output: ``token_dim`` for "tokens", else ``feature_dim``."""
+    return backbone.token_dim if output == "tokens" else backbone.feature_dim
+
+
 def backbone_identity(backbone: Any) -> dict[str, Any]:
     """What makes a frozen backbone's outputs: model, weights identity, input size."""
     return {"model": backbone.config.model, "weights": backbone.weights,

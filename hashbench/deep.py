@@ -80,6 +80,7 @@ class DeepHashMethod(HashMethod):
         """``{"head": the selected head's state_dict, "feature_dim": int, "backbone": the
         trained backbone's state_dict, or None when it is frozen (its weights are the config's)}``
         (CPU tensors)."""
+        from .banks import output_dim
         from .errors import HashbenchError
         from .trainparts import module_state
 
@@ -87,7 +88,7 @@ class DeepHashMethod(HashMethod):
         if state is None:
             raise HashbenchError(f"method {self.name}: no fitted state to save (fit it first)")
         frozen = state.backbone.config.frozen
-        return {"head": module_state(state.head), "feature_dim": int(self._feature_dim(state.backbone)),
+        return {"head": module_state(state.head), "feature_dim": int(output_dim(state.backbone, self.backbone_output)),
                 "backbone": None if frozen else module_state(state.backbone.module)}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -118,9 +119,6 @@ class DeepHashMethod(HashMethod):
         if state is None:
             raise HashbenchError(f"method {self.name}: no encoder before fit (or restore)")
         return _head_codes(self, state.head)
-
-    def _feature_dim(self, backbone: Any) -> int:
-        return backbone.token_dim if self.backbone_output == "tokens" else backbone.feature_dim
 
 
 def _head_codes(method: DeepHashMethod, head: Any) -> Any:

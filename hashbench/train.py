@@ -199,7 +199,7 @@ class Trainer:
     # ---- building ------------------------------------------------------------------------
     @property
     def feature_dim(self) -> int:
-        return self.backbone.token_dim if self.output == "tokens" else self.backbone.feature_dim
+        return banks.output_dim(self.backbone, self.output)
 
     def _build_head(self) -> Any:
         """``method.build_head(feature_dim)`` under the run's head seed, on the device."""
