@@ -610,18 +610,13 @@ def launch_chromium(playwright: Any, **options: Any) -> Any:
     """Headless Chromium for Playwright (``playwright.chromium.launch``) from the system's
     executable (:func:`hashbench.report.find_chromium`: HASHBENCH_CHROMIUM or chromium on PATH),
     with :data:`BROWSER_ARGS`; no browser download is used. HashbenchError when none is found."""
+    from .report import find_chromium
+
     exe = find_chromium()
     if exe is None:
         raise HashbenchError("no Chromium found (apt-get install -y chromium, or set HASHBENCH_CHROMIUM)")
     return playwright.chromium.launch(executable_path=exe, headless=True, args=list(BROWSER_ARGS), **options)
 
 
-def find_chromium() -> str | None:
-    """The Chromium executable :func:`hashbench.report.find_chromium` finds (None: none)."""
-    from .report import find_chromium as find
-
-    return find()
-
-
-__all__ = ("create_app", "serve", "background_server", "launch_chromium", "find_chromium", "sample_positions",
+__all__ = ("create_app", "serve", "background_server", "launch_chromium", "sample_positions",
            "MAX_K", "BROWSER_ARGS")

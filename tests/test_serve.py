@@ -32,7 +32,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hashbench import __version__  # noqa: E402
 from hashbench.errors import HashbenchError  # noqa: E402
 from hashbench.index import INDEX_FORMAT, INDEX_VERSION, Index, encode_images, read_image  # noqa: E402
-from hashbench.serve import MAX_K, background_server, create_app, find_chromium, launch_chromium  # noqa: E402
+from hashbench.report import find_chromium  # noqa: E402
+from hashbench.serve import MAX_K, background_server, create_app, launch_chromium  # noqa: E402
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30), "yellow": (230, 220, 40)}
 PER_CLASS = 6
