@@ -451,9 +451,11 @@ def export_run(store: RunStore, spec: str, out: Path | None = None,
     out = Path(out) if out is not None else store.results_dir / "exports" / record.run_id
     out.mkdir(parents=True, exist_ok=True)
     # the reference: what the run evaluated (its digest), else this process's encode of the queries
+    from .runner import codes_digest
+
     expected = reference_codes(record, method)
     reference = "the run's query codes (SHA-256 in its record)"
-    if sha256(np.ascontiguousarray(expected).tobytes()) != record.model["query_codes_sha256"]:
+    if codes_digest(expected) != record.model["query_codes_sha256"]:
         raise HashbenchError(f"run {record.run_id}: the restored method does not reproduce the run's query codes "
                              f"(another backbone, weights or library version?): not exported")
     manifest = dict(pipeline.manifest)

@@ -161,14 +161,15 @@ def perform(config: RunConfig, workdir: Path | None = None,
     timings["encode_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    query_packed = pack_codes(query_codes)
     result = evaluate(
-        pack_codes(query_codes), pack_codes(db_codes),
+        query_packed, pack_codes(db_codes),
         splits.query.labels, splits.database.labels,
         bits=config.bits, topk=protocol.topk, per_query=True,
     )
     timings["eval_s"] = time.perf_counter() - t0
 
-    model = model_file(method, config, pack_codes(query_codes)) if keep_model else None
+    model = model_file(method, config, query_packed) if keep_model else None
     extra = [d for d in (_plugin_distribution(config.method),) if d]
     queries = QueryValues.of(splits.query.index, {m: result["per_query"][m] for m in METRICS})
     record = RunRecord.new(
@@ -217,8 +218,6 @@ def model_file(method: Any, config: RunConfig, query_codes: np.ndarray) -> tuple
 
     import torch
 
-    from .queries import sha256
-
     try:
         state = method.fitted_state()
     except HashbenchError:
@@ -226,7 +225,15 @@ def model_file(method: Any, config: RunConfig, query_codes: np.ndarray) -> tuple
     buffer = io.BytesIO()
     torch.save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "run_id": config.run_id,
                 "method": config.method, "bits": config.bits, "state": _plain(state)}, buffer)
-    return buffer.getvalue(), sha256(np.ascontiguousarray(query_codes).tobytes())
+    return buffer.getvalue(), codes_digest(query_codes)
+
+
+def codes_digest(packed: np.ndarray) -> str:
+    """The SHA-256 of packed codes uint8 (N, W) (their C-order bytes): a record's
+    ``model.query_codes_sha256``."""
+    from .queries import sha256
+
+    return sha256(np.ascontiguousarray(packed).tobytes())
 
 
 def validate(config: RunConfig, on_validation: Callable[[int, float], None] | None = None) -> dict[str, Any]:
